@@ -1,0 +1,39 @@
+# The two README commands: `make run` and `make test`. Both bootstrap .venv on a fresh machine.
+# torch is installed first from its pinned CPU build; constraints.txt keeps every later install
+# from replacing it with a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+CORES  ?= $(shell nproc)
+CONFIG ?= config/default.yaml
+
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$$(cat constraints.txt | grep '^torch==')"
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/snakemake --profile workflows/profiles/local --configfile $(CONFIG) --cores $(CORES) all
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .
+	$(VENV)/bin/snakemake --lint --configfile $(CONFIG) -n || true
+
+clean:
+	rm -rf runs data .snakemake

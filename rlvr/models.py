@@ -1,0 +1,147 @@
+"""Model families: tiny random-initialised causal LMs for CPU, or any HF id / local path.
+
+Tiny models share one character-level tokenizer: a byte-level BPE with no merges, so every
+byte is one token and any text round-trips exactly. (A plain WordLevel char vocab silently
+loses spaces and newlines once transformers 5.x picks a family-specific tokenizer class.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+PAD, EOS = "<pad>", "<eos>"
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Size of a tiny model; the same numbers build every family."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_positions: int = 256
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable-unicode map (space becomes 'Ġ', newline 'Ċ')."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer with 256 byte tokens + <pad> + <eos>; round-trips any text."""
+    vocab = {PAD: 0, EOS: 1}
+    for b, ch in _bytes_to_unicode().items():
+        vocab[ch] = b + 2
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([PAD, EOS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, padding_side="left"
+    )
+
+
+def _qwen2(spec: TinySpec, vocab: int, pad: int, eos: int) -> PretrainedConfig:
+    return Qwen2Config(
+        vocab_size=vocab, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
+        intermediate_size=spec.intermediate_size, max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=True, pad_token_id=pad, eos_token_id=eos, bos_token_id=eos,
+    )
+
+
+def _llama(spec: TinySpec, vocab: int, pad: int, eos: int) -> PretrainedConfig:
+    return LlamaConfig(
+        vocab_size=vocab, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
+        intermediate_size=spec.intermediate_size, max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=True, pad_token_id=pad, eos_token_id=eos, bos_token_id=eos,
+    )
+
+
+def _gpt2(spec: TinySpec, vocab: int, pad: int, eos: int) -> PretrainedConfig:
+    return GPT2Config(
+        vocab_size=vocab, n_embd=spec.hidden_size, n_layer=spec.num_layers,
+        n_head=spec.num_heads, n_inner=spec.intermediate_size, n_positions=spec.max_positions,
+        tie_word_embeddings=True, pad_token_id=pad, eos_token_id=eos, bos_token_id=eos,
+    )
+
+
+FAMILIES: dict[str, Callable[[TinySpec, int, int, int], PretrainedConfig]] = {
+    "qwen2": _qwen2,
+    "llama": _llama,
+    "gpt2": _gpt2,
+}
+
+
+def build_tiny_model(
+    family: str, spec: TinySpec | None = None, seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A random-initialised causal LM of `family` with the shared byte tokenizer."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; available: {sorted(FAMILIES)}")
+    tok = build_tokenizer()
+    # Rounded up: some tokenizer classes add their own unk token (Qwen2's <|endoftext|>) on load.
+    vocab = -(-len(tok) // 64) * 64
+    config = FAMILIES[family](spec or TinySpec(), vocab, tok.pad_token_id, tok.eos_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model, tok
+
+
+def save_checkpoint(model: PreTrainedModel, tok: PreTrainedTokenizerFast, path: str | Path) -> None:
+    """Save as a standard HF checkpoint (safetensors + tokenizer files)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | Path, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Load an HF id or a local checkpoint directory with the Auto classes."""
+    name_or_path = str(name_or_path)
+    local = Path(name_or_path)
+    if not local.exists() and (name_or_path.startswith((".", "/")) or local.suffix):
+        raise FileNotFoundError(f"model checkpoint {name_or_path!r} does not exist")
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except OSError as err:
+        raise OSError(
+            f"cannot load model {name_or_path!r} ({err.__class__.__name__}); the hub is not reachable "
+            "here: download it with `huggingface-cli download` and pass the local directory"
+        ) from err
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
