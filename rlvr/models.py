@@ -88,6 +88,8 @@ def _gpt2(spec: TinySpec, vocab: int, pad: int, eos: int) -> PretrainedConfig:
     return GPT2Config(
         vocab_size=vocab, n_embd=spec.hidden_size, n_layer=spec.num_layers,
         n_head=spec.num_heads, n_inner=spec.intermediate_size, n_positions=spec.max_positions,
+        # no dropout: RL ratios need the same log-probs at sampling and update time
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         tie_word_embeddings=True, pad_token_id=pad, eos_token_id=eos, bos_token_id=eos,
     )
 

@@ -1,0 +1,70 @@
+"""One CLI for every stage; the Snakemake rules call the same commands.
+
+    rlvr data  --suite math --out data/math [--seed 0] [key=value ...]   (suite parameters)
+    rlvr sft   --config RUN.yaml [key.sub=value ...]
+    rlvr train --config RUN.yaml [key.sub=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from rlvr.config import ConfigError, load_config
+
+
+def _cmd_data(args) -> None:
+    from evals.suites import write_suite
+
+    params = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+    write_suite(args.suite, args.out, seed=args.seed, **params)
+    print(f"wrote {args.out}/train.jsonl and {args.out}/test.jsonl")
+
+
+def _cmd_sft(args) -> None:
+    from rlvr.sft import sft
+
+    summary = sft(load_config(args.config, args.overrides))
+    print(f"sft: sampled accuracy {summary['reached_accuracy']:.3f} "
+          f"(target {summary['target_accuracy']}) after {summary['steps']} steps, {summary['seconds']:.0f} s")
+
+
+def _cmd_train(args) -> None:
+    from rlvr.train import train
+
+    status = train(load_config(args.config, args.overrides))
+    print(f"train: {status['state']} at step {status['step']}" + (f" ({status['reason']})" if status.get("reason") else ""))
+
+
+COMMANDS = {"data": _cmd_data, "sft": _cmd_sft, "train": _cmd_train}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlvr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="write a shipped suite's train/test JSONL")
+    data.add_argument("--suite", required=True)
+    data.add_argument("--out", required=True)
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("overrides", nargs="*", help="suite parameters as key=value")
+    for name, text in (("sft", "SFT warm start of a base model"), ("train", "one RL run")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", help="run config YAML")
+        p.add_argument("overrides", nargs="*", help="config overrides as key.sub=value")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as err:
+        print(f"rlvr {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The run config: one typed, validated object per training run (rlvr sft / train / eval).
+
+Every field has a default and a description; unknown keys are rejected with the list of valid
+ones, before any compute starts. The resolved config is written beside each run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Section):
+    enabled: bool = Field(False, description="Train LoRA adapters instead of all weights (peft).")
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = Field("all-linear", description="peft target_modules.")
+
+
+class TinyModelConfig(Section):
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(512, ge=8)
+    max_positions: int = Field(256, ge=16)
+
+
+class ModelConfig(Section):
+    name_or_path: str | None = Field(
+        None, description="HF model id or local checkpoint directory of the base policy."
+    )
+    family: Literal["qwen2", "llama", "gpt2"] | None = Field(
+        None, description="Build a tiny random-initialised model of this family (for `rlvr sft`)."
+    )
+    tiny: TinyModelConfig = TinyModelConfig()
+    lora: LoraConfig = LoraConfig()
+
+
+class DataConfig(Section):
+    suite: str = Field("math", description="Suite name (evals.suites); fixes the prompt format.")
+    train: str = Field("data/math/train.jsonl", description="Training records (JSONL).")
+    test: str = Field("data/math/test.jsonl", description="Held-out records (JSONL).")
+    reward: str | None = Field(None, description="Reward name; default: the suite's reward.")
+
+
+class AlgorithmConfig(Section):
+    name: str = Field("grpo", description="Registered algorithm name (algorithms.available()).")
+    modules: list[str] = Field(
+        default_factory=list,
+        description="External Python modules (dotted names or .py paths) imported first, so "
+        "their @algorithms.register runs.",
+    )
+    hparams: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the algorithm's hyper-parameters."
+    )
+
+
+class VllmConfig(Section):
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    sleep_mode: bool = Field(True, description="Sleep the engine during updates to free memory.")
+    tensor_parallel_size: int = Field(1, ge=1)
+    dtype: str = "bfloat16"
+
+
+class RolloutConfig(Section):
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf (CPU default) or vllm (GPU).")
+    prompts_per_step: int = Field(16, ge=1, description="P: prompts drawn per RL step.")
+    group_size: int = Field(8, ge=1, description="G: completions sampled per prompt.")
+    max_new_tokens: int = Field(40, ge=1, description="Generation budget L.")
+    max_prompt_len: int = Field(64, ge=1, description="Prompts longer than this are rejected.")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    vllm: VllmConfig = VllmConfig()
+
+
+class TrainConfig(Section):
+    steps: int = Field(60, ge=0, description="RL steps (one rollout batch each).")
+    lr: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="Max gradient norm (0 = no clipping).")
+    mini_batches: int = Field(1, ge=1, description="k: optimizer updates per rollout batch.")
+    epochs: int = Field(1, ge=1, description="Passes over the rollout batch.")
+    micro_batch_size: int = Field(64, ge=1, description="Completions per forward/backward.")
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast is opt-in, never a silent default."
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+    entropy_delta: bool = Field(
+        True, description="Re-measure entropy on the same batch after the update (one forward)."
+    )
+
+
+class SftConfig(Section):
+    max_steps: int = Field(3000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    eval_every: int = Field(150, ge=1)
+    eval_prompts: int = Field(128, ge=1, description="Training prompts sampled to measure accuracy.")
+    target_accuracy: float = Field(
+        0.3, gt=0, le=1, description="Stop at the first evaluation with sampled accuracy >= this."
+    )
+
+
+class CheckpointConfig(Section):
+    every: int = Field(20, ge=0, description="Checkpoint every N steps (0 = only at the end).")
+    keep: int = Field(2, ge=1, description="Newest checkpoints kept on disk.")
+
+
+class CollapseConfig(Section):
+    window: int = Field(3, ge=1, description="Steps averaged for the initial reference values.")
+    patience: int = Field(5, ge=1, description="Consecutive steps a condition must hold.")
+    entropy_low: float = Field(0.1, ge=0, description="Entropy collapse: below this × initial.")
+    entropy_high: float = Field(3.0, ge=1, description="Entropy explosion: above this × initial.")
+    reward_low: float = Field(
+        0.2, ge=0, description="Reward collapse: mean reward below this × initial (initial > 0)."
+    )
+    max_nonfinite: int = Field(3, ge=1, description="Consecutive skipped non-finite updates.")
+    stop: bool = Field(True, description="End the run (status collapsed) once detected.")
+
+
+class LoggingConfig(Section):
+    wandb: bool = Field(True, description="Log to wandb (offline unless WANDB_MODE says otherwise).")
+    project: str = "rlvr-bench"
+    progress: bool = True
+
+
+class RunConfig(Section):
+    experiment: str = "default"
+    seed: int = 0
+    output_dir: str = Field("runs/default/run", description="Run directory.")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    train: TrainConfig = TrainConfig()
+    sft: SftConfig = SftConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    collapse: CollapseConfig = CollapseConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+class ConfigError(ValueError):
+    """A config problem, reported in one line naming the field and what is allowed."""
+
+
+def _one_line(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(x) for x in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            parent = e["loc"][:-1]
+            section = _section_at(parent)
+            valid = sorted(section.model_fields) if section else []
+            parts.append(f"unknown key {where!r}; valid keys here: {valid}")
+        else:
+            parts.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    cls: type[BaseModel] = RunConfig
+    for key in loc:
+        field = cls.model_fields.get(str(key))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return cls
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], yaml-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {key!r} is not a section")
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config, apply `key=value` overrides, validate. Raises ConfigError."""
+    raw: dict = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    raw = apply_overrides(raw, list(overrides))
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

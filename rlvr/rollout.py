@@ -1,0 +1,108 @@
+"""Rollout engines behind one interface: sample G completions per prompt with their log-probs.
+
+`hf` (transformers generate with a KV cache, the CPU default) lives here; `vllm` (GPU) lives in
+rlvr/vllm_engine.py and is imported only when selected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from rlvr.config import RolloutConfig
+
+
+@dataclass
+class Rollouts:
+    """N = prompts × G completions, prompt left-padded, completion right-padded."""
+
+    prompt_ids: torch.Tensor  # [N, P] long
+    prompt_mask: torch.Tensor  # [N, P] long
+    completion_ids: torch.Tensor  # [N, T] long
+    completion_mask: torch.Tensor  # [N, T] float: generated tokens up to and including EOS
+    sampling_logp: torch.Tensor  # [N, T] float: log-prob under the sampling distribution
+    truncated: torch.Tensor  # [N] bool: no EOS within the budget
+    texts: list[str]  # decoded completions (special tokens removed)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1)
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[str], n: int, seed: int) -> Rollouts:
+        """Sample `n` completions for each prompt; completions of prompt i are rows i*n..i*n+n-1."""
+
+    def sync_weights(self) -> None:
+        """Make the engine sample from the policy's current weights."""
+
+
+def completion_mask_from_ids(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask tokens up to and including the first EOS; a row without EOS is truncated."""
+    is_eos = ids == eos_id
+    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after_eos).float(), ~is_eos.any(-1)
+
+
+def encode_prompts(tok, prompts: list[str], max_prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids; a prompt longer than the budget is an error, never cut silently."""
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    too_long = enc["attention_mask"].sum(-1) > max_prompt_len
+    if too_long.any():
+        i = int(too_long.nonzero()[0])
+        raise ValueError(
+            f"prompt {i} has {int(enc['attention_mask'][i].sum())} tokens > "
+            f"rollout.max_prompt_len={max_prompt_len}; raise the budget or shorten the prompts"
+        )
+    return enc["input_ids"], enc["attention_mask"]
+
+
+class HFRolloutEngine:
+    """transformers `generate` on the policy module itself: no weight copy, nothing to sync."""
+
+    def __init__(self, model, tok, cfg: RolloutConfig):
+        self.model, self.tok, self.cfg = model, tok, cfg
+
+    def sync_weights(self) -> None:  # samples from the live module
+        pass
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], n: int, seed: int) -> Rollouts:
+        ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len)
+        ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        torch.manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            top_k=0,
+            max_new_tokens=self.cfg.max_new_tokens,
+            pad_token_id=self.tok.pad_token_id,
+            eos_token_id=self.tok.eos_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        self.model.train(was_training)
+        completion = out.sequences[:, ids.shape[1] :]
+        # scores are the processed logits (temperature, top-p) the sampler drew from
+        scores = torch.stack(out.scores, dim=1).float()
+        sampling_logp = F.log_softmax(scores, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+        cmask, truncated = completion_mask_from_ids(completion, self.tok.eos_token_id)
+        sampling_logp = torch.where(cmask.bool(), sampling_logp, torch.zeros_like(sampling_logp))
+        texts = self.tok.batch_decode(completion * cmask.long() + self.tok.pad_token_id * (1 - cmask.long()), skip_special_tokens=True)
+        return Rollouts(ids, mask, completion, cmask, sampling_logp, truncated, texts)
+
+
+def make_rollout_engine(cfg: RolloutConfig, model, tok, **kwargs) -> RolloutEngine:
+    if cfg.engine == "hf":
+        return HFRolloutEngine(model, tok, cfg)
+    from rlvr.vllm_engine import VLLMRolloutEngine  # GPU only; imports vllm
+
+    return VLLMRolloutEngine(model, tok, cfg, **kwargs)

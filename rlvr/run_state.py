@@ -1,0 +1,136 @@
+"""Run directory bookkeeping: status.json, metrics.jsonl (+ wandb), checkpoints, prompt cursor."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlvr.config import RunConfig, dump_config
+from rlvr.io import atomic_write_json, atomic_write_text
+
+
+def write_status(run_dir: Path, state: str, step: int, reason: str | None = None, **extra) -> None:
+    atomic_write_json(run_dir / "status.json", {"state": state, "step": step, "reason": reason, **extra})
+
+
+def read_status(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "status.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def save_resolved_config(run_dir: Path, cfg: RunConfig) -> None:
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+
+
+class PromptSampler:
+    """Deterministic draws without replacement; reshuffles each epoch. Its cursor is checkpointed."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
+        self._order = self._perm()
+
+    def _perm(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def next(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._perm()
+            take = min(k - len(out), self.n - self.pos)
+            out += self._order[self.pos : self.pos + take]
+            self.pos += take
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._perm()
+
+
+class MetricsLog:
+    """metrics.jsonl (key `step` first) mirrored to wandb; on resume, rows past the step are cut."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, resume_step: int):
+        self.path = run_dir / "metrics.jsonl"
+        rows = []
+        if self.path.exists():
+            rows = [line for line in self.path.read_text().splitlines() if line.strip()]
+            rows = [r for r in rows if json.loads(r)["step"] <= resume_step]
+        atomic_write_text(self.path, "".join(r + "\n" for r in rows))
+        self.wandb = None
+        if cfg.logging.wandb:
+            import wandb
+
+            self.wandb = wandb.init(
+                project=cfg.logging.project, name=str(run_dir), dir=str(run_dir),
+                config=cfg.model_dump(mode="json"), mode=os.environ.get("WANDB_MODE", "offline"),
+                reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"),
+            )
+
+    def log(self, step: int, metrics: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+CKPT_PREFIX = "step_"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (incomplete ones are temp folders, never renamed)."""
+    root = run_dir / "checkpoints"
+    done = sorted(root.glob(f"{CKPT_PREFIX}*"), key=lambda p: int(p.name[len(CKPT_PREFIX) :])) if root.exists() else []
+    return done[-1] if done else None
+
+
+def save_checkpoint(run_dir: Path, engine, step: int, client_state: dict, keep: int) -> Path:
+    """DeepSpeed state (model, optimizer, scheduler) + client state, written to a temp folder and
+    renamed, so a killed job leaves either the previous checkpoint or the new one."""
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp_{CKPT_PREFIX}{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    engine.save_checkpoint(str(tmp), tag="state", client_state=client_state)
+    final = root / f"{CKPT_PREFIX}{step:06d}"
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(root.glob(f"{CKPT_PREFIX}*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, engine) -> dict:
+    _, client_state = engine.load_checkpoint(str(path), tag="state")
+    return client_state

@@ -1,0 +1,114 @@
+"""SFT warm start: supervised training of a base on the suite's worked solutions until it solves
+roughly `sft.target_accuracy` of training prompts (sampled at the rollout temperature), so RL
+groups start with mixed rewards. Plain torch AdamW: this is data preparation for the benchmark,
+not the policy update under comparison.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from evals.suites import get_suite, load_records
+from evals.verifiers import get_reward
+from rlvr.config import RunConfig
+from rlvr.io import atomic_write_json
+from rlvr.models import TinySpec, build_tiny_model, load_model_and_tokenizer, save_checkpoint
+from rlvr.rollout import HFRolloutEngine
+from rlvr.run_state import seed_everything
+
+
+def build_base(cfg: RunConfig):
+    if cfg.model.family:
+        return build_tiny_model(cfg.model.family, TinySpec(**cfg.model.tiny.model_dump()), seed=cfg.seed)
+    if cfg.model.name_or_path:
+        return load_model_and_tokenizer(cfg.model.name_or_path)
+    raise ValueError("rlvr sft needs model.family (a tiny model) or model.name_or_path")
+
+
+def encode_examples(tok, records, eos: str) -> list[tuple[list[int], int]]:
+    """(ids of prompt + solution + EOS, number of prompt tokens) per record."""
+    out = []
+    for r in records:
+        if "solution" not in r.metadata:
+            raise ValueError(f"record {r.id!r} has no metadata.solution; SFT needs worked solutions")
+        p = tok(r.prompt, add_special_tokens=False)["input_ids"]
+        c = tok(r.metadata["solution"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        out.append((p + c, len(p)))
+    return out
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int):
+    """Right-padded ids, attention mask and labels that score the completion only."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id)
+    labels = torch.full((len(examples), width), -100)
+    attn = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (x, n_prompt) in enumerate(examples):
+        ids[i, : len(x)] = torch.tensor(x)
+        attn[i, : len(x)] = 1
+        labels[i, n_prompt : len(x)] = torch.tensor(x[n_prompt:])
+    return ids, attn, labels
+
+
+@torch.no_grad()
+def sampled_accuracy(model, tok, cfg: RunConfig, records, reward_fn, seed: int) -> float:
+    engine = HFRolloutEngine(model, tok, cfg.rollout)
+    rewards = []
+    for i in range(0, len(records), 64):
+        chunk = records[i : i + 64]
+        roll = engine.generate([r.prompt for r in chunk], 1, seed=seed + i)
+        rewards += [reward_fn(t, r.answer) for t, r in zip(roll.texts, chunk, strict=True)]
+    return sum(rewards) / max(len(rewards), 1)
+
+
+def sft(cfg: RunConfig) -> dict:
+    out_dir = Path(cfg.output_dir)
+    seed_everything(cfg.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    records = load_records(cfg.data.train)
+    reward_fn = get_reward(cfg.data.reward or get_suite(cfg.data.suite).reward)
+    model, tok = build_base(cfg)
+    examples = encode_examples(tok, records, tok.eos_token)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    eval_records = [records[i] for i in torch.randperm(len(records), generator=gen)[: cfg.sft.eval_prompts].tolist()]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft.lr, betas=(0.9, 0.99))
+    history, t0, acc, step = [], time.perf_counter(), 0.0, 0
+    model.train()
+    for step in range(1, cfg.sft.max_steps + 1):
+        idx = torch.randint(len(examples), (cfg.sft.batch_size,), generator=gen).tolist()
+        ids, attn, labels = collate([examples[i] for i in idx], tok.pad_token_id)
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % cfg.sft.eval_every == 0 or step == cfg.sft.max_steps:
+            acc = sampled_accuracy(model, tok, cfg, eval_records, reward_fn, seed=cfg.seed + step)
+            model.train()
+            history.append({"step": step, "loss": float(loss), "sampled_accuracy": acc,
+                            "seconds": time.perf_counter() - t0})
+            if cfg.logging.progress:
+                print(f"sft step {step} loss {float(loss):.4f} sampled accuracy {acc:.3f}", flush=True)
+            if acc >= cfg.sft.target_accuracy:
+                break
+    summary = {"target_accuracy": cfg.sft.target_accuracy, "reached_accuracy": acc,
+               "reached_target": acc >= cfg.sft.target_accuracy, "steps": step,
+               "seconds": time.perf_counter() - t0, "eval_prompts": len(eval_records),
+               "temperature": cfg.rollout.temperature, "history": history}
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, tok, tmp)
+    atomic_write_json(tmp / "sft.json", summary)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return summary
+
+
+
