@@ -92,10 +92,10 @@ def sft(cfg: RunConfig) -> dict:
         if step % cfg.sft.eval_every == 0 or step == cfg.sft.max_steps:
             acc = sampled_accuracy(model, tok, cfg, eval_records, reward_fn, seed=cfg.seed + step)
             model.train()
-            history.append({"step": step, "loss": float(loss), "sampled_accuracy": acc,
+            history.append({"step": step, "loss": loss.item(), "sampled_accuracy": acc,
                             "seconds": time.perf_counter() - t0})
             if cfg.logging.progress:
-                print(f"sft step {step} loss {float(loss):.4f} sampled accuracy {acc:.3f}", flush=True)
+                print(f"sft step {step} loss {loss.item():.4f} sampled accuracy {acc:.3f}", flush=True)
             if acc >= cfg.sft.target_accuracy:
                 break
     summary = {"target_accuracy": cfg.sft.target_accuracy, "reached_accuracy": acc,

@@ -194,7 +194,7 @@ class Trainer:
                     for k, v in stats.items():  # counts add up; rates are token-weighted
                         w = 1.0 if k in COUNT_STATS else tokens
                         sums[k] = sums.get(k, 0.0) + float(v) * w
-                    sums["loss"] = sums.get("loss", 0.0) + float(loss)
+                    sums["loss"] = sums.get("loss", 0.0) + loss.item()
                     if on_policy:
                         for k in ("entropy", "p_token", "collision"):
                             measured[k].append(out[k].cpu())
