@@ -1,0 +1,119 @@
+"""The suite registry: shipped synthetic suites and real benchmarks behind one interface.
+
+    from evals.suites import SUITES, get_suite, write_suite, load_records
+    suite = get_suite("math")
+    splits = suite.generate(n_train=4000, n_test=256, seed=0, max_operand=999)
+    write_suite("math", "data/math", seed=0, n_operands=[3, 4])   # data/math/{train,test}.jsonl
+
+Every suite's generate(n_train=None, n_test=None, seed=0, **params) returns
+{split: [Record, ...]}. Synthetic suites default to 4000/256 and are deterministic for a seed;
+benchmarks default to all rows (a seeded sample when a size is given), take `path=` for a local
+copy, and return only the splits they have (math500 and aime2024: "test" only; with path= a
+single file: "test" only). A size of 0 skips a split.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evals.schema import Record
+from evals.suites import loaders, multihop
+from evals.suites import math as math_suite
+from rlvr.io import atomic_write_jsonl, read_jsonl
+
+Splits = dict[str, list[Record]]
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    task: str  # "math" or "qa"
+    reward: str  # default reward name in evals.verifiers.REWARDS
+    generate: Callable[..., Splits]
+    rewards: tuple[str, ...] = field(default=())  # every reward that applies to this suite
+    description: str = ""
+
+
+def _benchmark_generate(name: str) -> Callable[..., Splits]:
+    def generate(
+        n_train: int | None = None,
+        n_test: int | None = None,
+        seed: int = 0,
+        path: str | os.PathLike | None = None,
+    ) -> Splits:
+        bench = loaders.get_benchmark(name)
+        sizes = {"train": n_train, "test": n_test}
+        single_file = path is not None and Path(path).is_file()
+        return {
+            split: loaders.load_benchmark(name, split, path=path, n=sizes[split], seed=seed)
+            for split in ("train", "test")
+            if split in bench.splits and sizes[split] != 0 and not (single_file and split != "test")
+        }
+
+    return generate
+
+
+_MATH_REWARDS = ("math",)
+_QA_REWARDS = ("qa_f1", "qa_em")
+
+SUITES: dict[str, Suite] = {
+    "math": Suite(
+        "math", "math", "math", math_suite.generate, _MATH_REWARDS, "synthetic arithmetic"
+    ),
+    "multihop": Suite(
+        "multihop",
+        "qa",
+        "qa_f1",
+        multihop.generate,
+        _QA_REWARDS,
+        "synthetic in-context multi-hop QA",
+    ),
+    **{
+        b.name: Suite(
+            b.name,
+            b.task,
+            "math" if b.task == "math" else "qa_f1",
+            _benchmark_generate(b.name),
+            _MATH_REWARDS if b.task == "math" else _QA_REWARDS,
+            f"{b.hf_id} (real benchmark)",
+        )
+        for b in loaders.BENCHMARKS.values()
+    },
+}
+
+
+def available() -> list[str]:
+    return sorted(SUITES)
+
+
+def get_suite(name: str) -> Suite:
+    try:
+        return SUITES[name]
+    except KeyError:
+        raise ValueError(f"unknown suite {name!r}; available: {available()}") from None
+
+
+def write_suite(
+    name: str,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    **params: Any,
+) -> dict[str, Path]:
+    """Generate a suite and write out_dir/<split>.jsonl atomically; returns {split: path}."""
+    splits = get_suite(name).generate(n_train=n_train, n_test=n_test, seed=seed, **params)
+    paths = {}
+    for split, records in splits.items():
+        paths[split] = Path(out_dir) / f"{split}.jsonl"
+        atomic_write_jsonl(paths[split], (r.to_dict() for r in records))
+    return paths
+
+
+def load_records(path: str | os.PathLike) -> list[Record]:
+    """Records from a JSONL file written by write_suite."""
+    return [Record.from_dict(d) for d in read_jsonl(path)]

@@ -1,0 +1,190 @@
+"""Verifiable rewards: score a model completion against a gold answer.
+
+Every reward here takes (completion, answer) and returns a float in [0, 1]. They never raise on
+model output and do bounded work on any string (empty, megabytes long, odd unicode, unbalanced
+braces), because the RL loop calls them on whatever a policy happens to generate.
+
+- math_reward: 1.0 if the last \\boxed{...} of the completion equals the gold answer (integers
+  compared exactly, anything else through math-verify), else 0.0. An unboxed answer scores 0.
+- qa_em / qa_f1: SQuAD/HotpotQA exact match and token F1 of the predicted span (see
+  `extract_qa_answer` for which part of the completion is the prediction).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+# Only the tail of a completion is scanned for \boxed: the final answer sits at the end, and this
+# bounds the work whatever the completion length.
+MAX_SCAN_CHARS = 100_000
+# A boxed answer longer than this is not an answer; math-verify (sympy) is never fed more.
+MAX_VERIFY_CHARS = 1_000
+# QA predictions are cut to this many characters before normalisation.
+MAX_QA_PRED_CHARS = 2_000
+# math-verify's own timeouts (seconds); only usable in the main thread (they use signal.alarm).
+MATH_VERIFY_TIMEOUT_S = 3
+
+_BOX_TOKENS = re.compile(r"\\boxed\s*\{|\\[{}]|[{}]")
+_INT = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)")  # "1000", "-7", "1,000" (thousands commas)
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last top-level \\boxed{...} in `text`, or None.
+
+    Braces are matched (escaped \\{ and \\} do not count), so nested groups such as
+    \\boxed{\\frac{1}{2}} come out whole. A box that only wraps another box is unwrapped
+    (\\boxed{\\boxed{5}} -> "5"). If the last box is never closed (a truncated answer) the result
+    is None rather than an earlier answer. Only the last MAX_SCAN_CHARS characters are scanned.
+    """
+    if not isinstance(text, str):
+        return None
+    text = text[-MAX_SCAN_CHARS:]
+    span = _last_box(text)
+    if span is None:
+        return None
+    content = text[span[1] : span[2]].strip()
+    for _ in range(4):  # bounded: each unwrap is a full pass
+        inner = _last_box(content)
+        if not inner or inner[0] != 0 or inner[2] != len(content) - 1:
+            break
+        content = content[inner[1] : inner[2]].strip()
+    return content
+
+
+def _last_box(text: str) -> tuple[int, int, int] | None:
+    """(box start, content start, content end) of the last closed top-level box; None if there
+    is none or the last one is still open. One regex pass, so linear in len(text)."""
+    stack: list[bool] = []  # one entry per open brace: True if it opened a \\boxed
+    open_boxes = 0  # how many True entries `stack` holds
+    current: tuple[int, int] | None = None  # the open top-level box: (box start, content start)
+    last: tuple[int, int, int] | None = None
+    for m in _BOX_TOKENS.finditer(text):
+        tok = m.group()
+        if tok in ("\\{", "\\}"):
+            continue  # escaped literal brace
+        if tok != "}":
+            is_box = tok != "{"
+            if is_box and current is None:
+                current = (m.start(), m.end())
+            stack.append(is_box)
+            open_boxes += is_box
+        elif stack and stack.pop():
+            open_boxes -= 1
+            if open_boxes == 0 and current is not None:
+                last, current = (*current, m.start()), None
+    return None if current is not None else last
+
+
+def _as_int(s: str) -> int | None:
+    if len(s) > 200 or not _INT.fullmatch(s):
+        return None
+    return int(s.replace(",", ""))
+
+
+def math_reward(completion: str, answer: str) -> float:
+    """1.0 if the completion's last boxed answer equals `answer`, else 0.0 (never raises).
+
+    Plain integers on both sides (optionally with thousands commas, "1,000") are compared as
+    ints without math-verify. Everything else goes through math-verify,
+    verify(parse(gold), parse(pred)) with gold first, both wrapped in \\boxed{}.
+    """
+    try:
+        pred = extract_boxed(completion)
+        if not pred or len(pred) > MAX_VERIFY_CHARS:
+            return 0.0
+        gold = str(answer).strip()
+        gold_int, pred_int = _as_int(gold), _as_int(pred)
+        if gold_int is not None and pred_int is not None:
+            return float(gold_int == pred_int)
+        return float(_math_verify(gold, pred))
+    except Exception:
+        return 0.0
+
+
+def _math_verify(gold: str, pred: str) -> bool:
+    from math_verify import parse, verify
+
+    # signal.alarm only works in the main thread; elsewhere math-verify must run without it.
+    timeout = (
+        MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    )
+    gold_p = parse(f"\\boxed{{{gold}}}", parsing_timeout=timeout)
+    pred_p = parse(f"\\boxed{{{pred}}}", parsing_timeout=timeout)
+    return bool(verify(gold_p, pred_p, timeout_seconds=timeout))
+
+
+# --- QA (SQuAD / HotpotQA official evaluation) -------------------------------------------------
+
+_PUNCT = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(s: str) -> str:
+    """Lowercase, drop punctuation, drop articles a/an/the, collapse whitespace (HotpotQA)."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCT)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def extract_qa_answer(completion: str) -> str:
+    """The predicted span: the last \\boxed{} content if any; otherwise the first non-empty line
+    after the last "A:"; otherwise the first non-empty line of the completion."""
+    if not isinstance(completion, str):
+        return ""
+    boxed = extract_boxed(completion)
+    if boxed is not None:
+        return boxed[:MAX_QA_PRED_CHARS]
+    cut = completion.rfind("A:")
+    text = (completion[cut + 2 :] if cut >= 0 else completion).lstrip()
+    return text.split("\n", 1)[0][:MAX_QA_PRED_CHARS].strip()
+
+
+def _f1(pred: str, gold: str) -> float:
+    """Token F1 exactly as in the HotpotQA evaluation script (incl. yes/no/noanswer rule)."""
+    p, g = normalize_answer(pred), normalize_answer(gold)
+    if (p in ("yes", "no", "noanswer") or g in ("yes", "no", "noanswer")) and p != g:
+        return 0.0
+    p_toks, g_toks = p.split(), g.split()
+    same = sum((Counter(p_toks) & Counter(g_toks)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p_toks), same / len(g_toks)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _golds(answer: str | Sequence[str]) -> list[str]:
+    return [answer] if isinstance(answer, str) else [str(a) for a in answer]
+
+
+def qa_em(completion: str, answer: str | Sequence[str]) -> float:
+    """Exact match after normalisation; `answer` may be a list of aliases (max over them)."""
+    try:
+        pred = normalize_answer(extract_qa_answer(completion))
+        return float(any(pred == normalize_answer(g) for g in _golds(answer)))
+    except Exception:
+        return 0.0
+
+
+def qa_f1(completion: str, answer: str | Sequence[str]) -> float:
+    """HotpotQA token F1; `answer` may be a list of aliases (max over them)."""
+    try:
+        pred = extract_qa_answer(completion)
+        return max((_f1(pred, g) for g in _golds(answer)), default=0.0)
+    except Exception:
+        return 0.0
+
+
+Reward = Callable[[str, str], float]
+REWARDS: dict[str, Reward] = {"math": math_reward, "qa_em": qa_em, "qa_f1": qa_f1}
+
+
+def get_reward(name: str) -> Reward:
+    try:
+        return REWARDS[name]
+    except KeyError:
+        raise ValueError(f"unknown reward {name!r}; valid: {sorted(REWARDS)}") from None
