@@ -32,9 +32,13 @@ def _cmd_sft(args) -> None:
 
 
 def _cmd_train(args) -> None:
+    from rlvr.policy import shutdown_distributed
     from rlvr.train import train
 
-    status = train(load_config(args.config, args.overrides))
+    try:
+        status = train(load_config(args.config, args.overrides))
+    finally:
+        shutdown_distributed()
     print(f"train: {status['state']} at step {status['step']}" + (f" ({status['reason']})" if status.get("reason") else ""))
 
 

@@ -112,6 +112,27 @@ class SftConfig(Section):
     )
 
 
+class EvalConfig(Section):
+    suites: list[str] = Field(
+        default_factory=lambda: ["math"],
+        description="Suites to evaluate (evals.suites names: shipped suites or real benchmarks).",
+    )
+    data: dict[str, str] = Field(
+        default_factory=dict,
+        description="Suite name -> local test file (JSONL for shipped suites, the dataset's own "
+        "files for real benchmarks). Missing: data.test for data.suite, else the benchmark's hub id.",
+    )
+    checkpoint: str | None = Field(None, description="Checkpoint dir (default: <output_dir>/final).")
+    out: str | None = Field(None, description="Where <suite>.json files go (default: <output_dir>/eval).")
+    backend: Literal["hf", "vllm"] = "hf"
+    k: int = Field(4, ge=1, description="Samples per prompt for avg@k and pass@k.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for avg@k / pass@k.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="Default: rollout.max_new_tokens.")
+    limit: int | None = Field(None, ge=1, description="Evaluate the first N problems only.")
+    batch_size: int = Field(64, ge=1)
+
+
 class CheckpointConfig(Section):
     every: int = Field(20, ge=0, description="Checkpoint every N steps (0 = only at the end).")
     keep: int = Field(2, ge=1, description="Newest checkpoints kept on disk.")
@@ -145,6 +166,7 @@ class RunConfig(Section):
     rollout: RolloutConfig = RolloutConfig()
     train: TrainConfig = TrainConfig()
     sft: SftConfig = SftConfig()
+    eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     collapse: CollapseConfig = CollapseConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -21,7 +21,7 @@ from evals.suites import load_records
 from evals.verifiers import get_reward
 from rlvr.config import RunConfig
 from rlvr.models import load_model_and_tokenizer, save_checkpoint as save_hf
-from rlvr.policy import Policy, shutdown_distributed
+from rlvr.policy import Policy
 from rlvr.rollout import Rollouts, make_rollout_engine
 from rlvr.run_state import (
     MetricsLog, PromptSampler, latest_checkpoint, load_checkpoint, read_status, rng_state,
@@ -119,7 +119,9 @@ class Trainer:
             next_gid += want
             rewards = self.rewards_for(roll, records)
             shaped = self.algo.shape_rewards(rewards, roll.lengths, roll.truncated)
-            keep = self.algo.filter_groups(shaped, gids)
+            # filter on the verifier's rewards (as verl's DAPO recipe does), so groups that differ
+            # only by a length penalty are not mistaken for mixed-reward groups
+            keep = self.algo.filter_groups(rewards, gids)
             raw_rewards.append(rewards), all_gids.append(gids), lengths.append(roll.lengths), truncated.append(roll.truncated)
             idx = keep.nonzero().squeeze(-1)
             if len(idx):
@@ -332,9 +334,8 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 def train(cfg: RunConfig) -> dict:
-    try:
-        return Trainer(cfg).run()
-    finally:
-        shutdown_distributed()
+    """One RL run. The process group stays up for later runs in this process; the CLI tears it
+    down at exit (rlvr.policy.shutdown_distributed)."""
+    return Trainer(cfg).run()
 
 
