@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/snakemake --profile workflows/profiles/local --configfile $(CONFIG) --cores $(CORES) all
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --profile local --cores $(CORES) all --configfile $(CONFIG)
 
 test: setup
 	$(PY) -m pytest -q

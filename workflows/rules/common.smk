@@ -1,0 +1,115 @@
+import json
+import shlex
+
+from snakemake.utils import validate
+
+from rlvr.config import ConfigError, load_config
+
+validate(config, "../schema/config.schema.yaml")
+
+EXP = config["experiment"]
+RESULTS = config.get("results", "results" if EXP == "default" else f"results/{EXP}")
+SUITES, MODELS, ALGOS, SEEDS = config["suites"], config["models"], config["algorithms"], config["seeds"]
+
+
+wildcard_constraints:
+    exp=r"[A-Za-z0-9_.-]+",
+    suite=r"[A-Za-z0-9_.-]+",
+    model=r"[A-Za-z0-9_.-]+",
+    algo=r"[A-Za-z0-9_.@=-]+",
+    seed=r"\d+",
+    evalsuite=r"[A-Za-z0-9_.-]+",
+    runname=r"base|[A-Za-z0-9_.@=-]+/seed\d+",
+
+
+def flatten(d, prefix=""):
+    """{'train': {'lr': 1e-4}} -> ['train.lr=0.0001'] (override syntax of the rlvr CLI)."""
+    out = []
+    for key, value in (d or {}).items():
+        if isinstance(value, dict) and value:
+            out += flatten(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value) if not isinstance(value, str) else value}")
+    return out
+
+
+def cli_args(items):
+    return " ".join(shlex.quote(x) for x in items)
+
+
+def merged(*dicts):
+    out = {}
+    for d in dicts:
+        for k, v in (d or {}).items():
+            out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def data_paths(suite):
+    return {split: f"data/{EXP}/{suite}/{split}.jsonl" for split in ("train", "test")}
+
+
+def is_tiny(model):
+    return "family" in MODELS[model]
+
+
+def base_checkpoint(suite, model):
+    """The base a run starts from: the SFT output for tiny models, the HF id / path otherwise."""
+    return f"runs/{EXP}/{suite}/{model}/base" if is_tiny(model) else MODELS[model]["name_or_path"]
+
+
+def base_input(w):
+    return [f"runs/{EXP}/{w.suite}/{w.model}/base/sft.json"] if is_tiny(w.model) else []
+
+
+def run_dir(suite, model, algo, seed):
+    return f"runs/{EXP}/{suite}/{model}/{algo}/seed{seed}"
+
+
+def algo_entry(label):
+    entry = ALGOS[label] or {}
+    return entry.get("name", label), entry.get("hparams", {}), entry.get("run", {})
+
+
+def stage_overrides(suite, model, extra=None):
+    """Run-config overrides every stage shares: the run section, the model's, the suite's data."""
+    paths = data_paths(suite)
+    settings = merged(config.get("run", {}), MODELS[model].get("run", {}), extra or {})
+    data = {"data": {"suite": suite, "train": paths["train"], "test": paths["test"]}}
+    return flatten(merged(settings, data))
+
+
+def train_overrides(w):
+    name, hparams, algo_run = algo_entry(w.algo)
+    items = stage_overrides(w.suite, w.model, algo_run)
+    items += [f"experiment={EXP}", f"seed={w.seed}", f"output_dir={run_dir(w.suite, w.model, w.algo, w.seed)}",
+              f"model.name_or_path={base_checkpoint(w.suite, w.model)}", f"algorithm.name={name}",
+              f"algorithm.hparams={json.dumps(hparams)}", f"algorithm.modules={json.dumps(config.get('modules', []))}"]
+    return cli_args(items)
+
+
+def eval_suites(suite):
+    return [suite] + list(SUITES[suite].get("eval", []))
+
+
+def all_evals():
+    out = []
+    for suite in SUITES:
+        for model in MODELS:
+            runs = ["base"] + [f"{a}/seed{s}" for a in ALGOS for s in SEEDS]
+            out += [f"runs/{EXP}/{suite}/{model}/{r}/eval/{e}.json" for r in runs for e in eval_suites(suite)]
+    return out
+
+
+def all_statuses():
+    return [f"{run_dir(s, m, a, seed)}/status.json" for s in SUITES for m in MODELS for a in ALGOS for seed in SEEDS]
+
+
+# Fail at planning time, with the field named, if any run would get an invalid run config.
+for _suite in SUITES:
+    for _model in MODELS:
+        for _algo in ALGOS:
+            try:
+                load_config(None, stage_overrides(_suite, _model, algo_entry(_algo)[2]))
+            except ConfigError as err:
+                raise ValueError(f"config: run settings for {_suite}/{_model}/{_algo}: {err}") from None
