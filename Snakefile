@@ -8,7 +8,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/default.yaml"
+# A --configfile on the command line replaces the default matrix instead of merging into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/default.yaml"
 
 
 include: "workflows/rules/common.smk"

@@ -1,0 +1,48 @@
+"""The slurm profile on a real single-node Slurm: `snakemake --profile slurm all` as a user types it,
+on the smallest matrix (config/ci_slurm.yaml), every rule submitted through sbatch."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "tests" / "slurm"
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("bringing up Slurm needs root (Debian packages and daemons)")
+    state = tmp_path_factory.mktemp("slurm")
+    try:
+        subprocess.run(["timeout", "-s", "KILL", "420", "bash", SCRIPTS / "start.sh", state], check=True)
+        yield state
+    finally:
+        subprocess.run(["bash", SCRIPTS / "stop.sh", state], check=False)
+
+
+def test_slurm_profile_runs_the_minimal_matrix(slurm):
+    for path in ("runs/ci_slurm", "data/ci_slurm", "logs/ci_slurm", ".tmp/results_ci_slurm", ".snakemake/slurm_logs"):
+        shutil.rmtree(ROOT / path, ignore_errors=True)
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    # no slurmdbd here, so job status comes from squeue (MinJobAge=300 in slurm.conf)
+    cmd = ["timeout", "-s", "KILL", "900", "snakemake", "--profile", "slurm", "all",
+           "--configfile", "config/ci_slurm.yaml", "--slurm-status-command", "squeue",
+           "--slurm-init-seconds-before-status-checks", "5"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    run = ROOT / "runs/ci_slurm/math/qwen2/grpo/seed0"
+    assert json.loads((run / "status.json").read_text())["state"] == "completed"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert json.loads((run / "eval/math.json").read_text())["n"] == 8
+    assert (ROOT / "runs/ci_slurm/math/qwen2/base/eval/math.json").exists()
+    assert "grpo" in (ROOT / ".tmp/results_ci_slurm/leaderboard.md").read_text()
+    # every rule went through sbatch: the plugin keeps one log per submitted job
+    slurm_logs = list((ROOT / ".snakemake/slurm_logs").rglob("*.log"))
+    assert {p.parts[-3] if p.parts[-3].startswith("rule_") else p.parts[-2] for p in slurm_logs} >= {
+        "rule_data", "rule_base", "rule_train", "rule_evaluate", "rule_aggregate"}, slurm_logs
