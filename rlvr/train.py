@@ -169,7 +169,7 @@ class Trainer:
         ref_logp = self.reference_logp(batch)
         sums: dict[str, float] = {}
         grad_norms, skipped, applied = [], 0, 0
-        measured = {"entropy": [], "p_token": [], "collision": [], "idx": []}
+        measured = {"logp": [], "entropy": [], "p_token": [], "collision": [], "idx": []}
         gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.step)
         groups = batch.group_ids.unique()
         for _ in range(cfg.epochs):
@@ -198,6 +198,7 @@ class Trainer:
                         sums[k] = sums.get(k, 0.0) + float(v) * w
                     sums["loss"] = sums.get("loss", 0.0) + loss.item()
                     if on_policy:
+                        measured["logp"].append(old.cpu())
                         for k in ("entropy", "p_token", "collision"):
                             measured[k].append(out[k].cpu())
                         measured["idx"].append(micro)
@@ -211,7 +212,7 @@ class Trainer:
                 skipped += not finite
         if on_policy and measured["idx"]:
             order = torch.cat(measured["idx"]).argsort()
-            before = {k: torch.cat(measured[k])[order] for k in ("entropy", "p_token", "collision")}
+            before = {k: torch.cat(measured[k])[order] for k in ("logp", "entropy", "p_token", "collision")}
         tokens = max(sums.get("tokens", 0.0), 1.0)
         metrics = {f"actor/{k}": v / tokens for k, v in sums.items() if k not in COUNT_STATS + ("loss",)}
         metrics["actor/loss"] = sums.get("loss", 0.0) / max(applied + skipped, 1)
@@ -225,6 +226,10 @@ class Trainer:
             ent0 = (before["entropy"] * mask).sum() / mask.sum().clamp(min=1)
             metrics["actor/entropy"] = float(ent0)
             metrics.update(token_taxonomy(batch.adv, mask, before["p_token"], before["collision"]))
+            # rollout engine vs trainer log-probs of the same tokens: ~0 for hf, small for vllm
+            diff = (r.sampling_logp - before["logp"]).abs() * mask
+            metrics["rollout/logp_diff_mean"] = float(diff.sum() / mask.sum().clamp(min=1))
+            metrics["rollout/logp_diff_max"] = float(diff.max())
             if self.cfg.train.entropy_delta:
                 after = self.measure(batch)
                 metrics["actor/entropy_delta"] = float((after["entropy"] * mask).sum() / mask.sum().clamp(min=1) - ent0)

@@ -41,6 +41,8 @@ def test_each_algorithm_runs_two_steps(sft_base, math_data, tmp_path, algo):
         assert key in rows[0], key
     bins = sum(rows[0][f"taxonomy/{b}_frac"] for b in ("pos_peak", "pos_valley", "neg_peak", "neg_valley"))
     assert bins == pytest.approx(1.0, abs=1e-6) or rows[0]["taxonomy/zero_adv_frac"] == 1.0
+    # generation and the update score the same tokens identically (padding, positions, temperature)
+    assert rows[0]["rollout/logp_diff_max"] < 1e-4
     assert (tmp_path / "final" / "config.json").exists() and (tmp_path / "config.yaml").exists()
     if algo == "dapo":  # dynamic sampling: only mixed-reward groups are kept
         assert rows[0]["actor/kept_frac"] <= 1.0 and rows[0]["rollout/gen_rounds"] >= 1
