@@ -3,6 +3,7 @@
     rlvr data  --suite math --out data/math [--seed 0] [key=value ...]   (suite parameters)
     rlvr sft   --config RUN.yaml [key.sub=value ...]
     rlvr train --config RUN.yaml [key.sub=value ...]
+    rlvr eval  --config RUN.yaml [key.sub=value ...]   (eval.checkpoint, eval.suites, eval.k, ...)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 import yaml
 
+from evals.suites.loaders import DatasetUnavailableError
 from rlvr.config import ConfigError, load_config
 
 
@@ -42,7 +44,16 @@ def _cmd_train(args) -> None:
     print(f"train: {status['state']} at step {status['step']}" + (f" ({status['reason']})" if status.get("reason") else ""))
 
 
-COMMANDS = {"data": _cmd_data, "sft": _cmd_sft, "train": _cmd_train}
+def _cmd_eval(args) -> None:
+    from rlvr.evaluate import default_out, evaluate, summary_line
+
+    cfg = load_config(args.config, args.overrides)
+    for result in evaluate(cfg).values():
+        print(f"eval: {summary_line(result)}")
+    print(f"eval: wrote {default_out(cfg)}/<suite>.json")
+
+
+COMMANDS = {"data": _cmd_data, "sft": _cmd_sft, "train": _cmd_train, "eval": _cmd_eval}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--out", required=True)
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("overrides", nargs="*", help="suite parameters as key=value")
-    for name, text in (("sft", "SFT warm start of a base model"), ("train", "one RL run")):
+    for name, text in (("sft", "SFT warm start of a base model"), ("train", "one RL run"),
+                       ("eval", "score a checkpoint on suites through lm-eval")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="run config YAML")
         p.add_argument("overrides", nargs="*", help="config overrides as key.sub=value")
@@ -64,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, KeyError, DatasetUnavailableError) as err:
         print(f"rlvr {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -106,7 +106,9 @@ class SftConfig(Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     eval_every: int = Field(150, ge=1)
-    eval_prompts: int = Field(128, ge=1, description="Training prompts sampled to measure accuracy.")
+    eval_prompts: int = Field(
+        128, ge=1, description="Training prompts sampled to measure accuracy."
+    )
     target_accuracy: float = Field(
         0.3, gt=0, le=1, description="Stop at the first evaluation with sampled accuracy >= this."
     )
@@ -122,8 +124,12 @@ class EvalConfig(Section):
         description="Suite name -> local test file (JSONL for shipped suites, the dataset's own "
         "files for real benchmarks). Missing: data.test for data.suite, else the benchmark's hub id.",
     )
-    checkpoint: str | None = Field(None, description="Checkpoint dir (default: <output_dir>/final).")
-    out: str | None = Field(None, description="Where <suite>.json files go (default: <output_dir>/eval).")
+    checkpoint: str | None = Field(
+        None, description="Checkpoint dir (default: <output_dir>/final)."
+    )
+    out: str | None = Field(
+        None, description="Where <suite>.json files go (default: <output_dir>/eval)."
+    )
     backend: Literal["hf", "vllm"] = "hf"
     k: int = Field(4, ge=1, description="Samples per prompt for avg@k and pass@k.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for avg@k / pass@k.")
@@ -151,7 +157,9 @@ class CollapseConfig(Section):
 
 
 class LoggingConfig(Section):
-    wandb: bool = Field(True, description="Log to wandb (offline unless WANDB_MODE says otherwise).")
+    wandb: bool = Field(
+        True, description="Log to wandb (offline unless WANDB_MODE says otherwise)."
+    )
     project: str = "rlvr-bench"
     progress: bool = True
 

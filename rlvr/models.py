@@ -68,29 +68,52 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def _qwen2(spec: TinySpec, vocab: int, pad: int, eos: int) -> PretrainedConfig:
     return Qwen2Config(
-        vocab_size=vocab, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
-        intermediate_size=spec.intermediate_size, max_position_embeddings=spec.max_positions,
-        tie_word_embeddings=True, pad_token_id=pad, eos_token_id=eos, bos_token_id=eos,
+        vocab_size=vocab,
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        intermediate_size=spec.intermediate_size,
+        max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        bos_token_id=eos,
     )
 
 
 def _llama(spec: TinySpec, vocab: int, pad: int, eos: int) -> PretrainedConfig:
     return LlamaConfig(
-        vocab_size=vocab, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
-        intermediate_size=spec.intermediate_size, max_position_embeddings=spec.max_positions,
-        tie_word_embeddings=True, pad_token_id=pad, eos_token_id=eos, bos_token_id=eos,
+        vocab_size=vocab,
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        intermediate_size=spec.intermediate_size,
+        max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        bos_token_id=eos,
     )
 
 
 def _gpt2(spec: TinySpec, vocab: int, pad: int, eos: int) -> PretrainedConfig:
     return GPT2Config(
-        vocab_size=vocab, n_embd=spec.hidden_size, n_layer=spec.num_layers,
-        n_head=spec.num_heads, n_inner=spec.intermediate_size, n_positions=spec.max_positions,
+        vocab_size=vocab,
+        n_embd=spec.hidden_size,
+        n_layer=spec.num_layers,
+        n_head=spec.num_heads,
+        n_inner=spec.intermediate_size,
+        n_positions=spec.max_positions,
         # no dropout: RL ratios need the same log-probs at sampling and update time
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        tie_word_embeddings=True, pad_token_id=pad, eos_token_id=eos, bos_token_id=eos,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=True,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        bos_token_id=eos,
     )
 
 

@@ -26,7 +26,12 @@ def init_distributed() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+    for key, value in (
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+    ):
         os.environ.setdefault(key, value)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -58,8 +63,13 @@ def wrap_lora(model, cfg: RunConfig):
     lora = cfg.model.lora
     return get_peft_model(
         model,
-        LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                   target_modules=lora.target_modules, task_type="CAUSAL_LM"),
+        LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        ),
     )
 
 
@@ -75,7 +85,10 @@ class Policy:
         self.cfg = cfg
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            params, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay
+            params,
+            lr=cfg.train.lr,
+            betas=tuple(cfg.train.betas),
+            weight_decay=cfg.train.weight_decay,
         )
         warmup = cfg.train.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -91,10 +104,22 @@ class Policy:
 
     def reference_context(self):
         """With LoRA, the frozen reference is the base with adapters disabled."""
-        return self.module.disable_adapter() if self.cfg.model.lora.enabled else contextlib.nullcontext()
+        return (
+            self.module.disable_adapter()
+            if self.cfg.model.lora.enabled
+            else contextlib.nullcontext()
+        )
 
-    def score(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float,
-              with_stats: bool = False) -> dict[str, torch.Tensor]:
+    def score(
+        self,
+        model,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        temperature: float,
+        with_stats: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """Per-token log-probs of the completion under `model` at the sampling temperature.
 
         Only the completion positions go through the LM head (`logits_to_keep`); position ids
@@ -105,7 +130,9 @@ class Policy:
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         T = completion_ids.shape[1]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits
+            logits = model(
+                input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1
+            ).logits
         logits = logits[:, :-1].float() / temperature
         logprobs = F.log_softmax(logits, -1)
         target = completion_ids.to(self.device).unsqueeze(-1)
@@ -129,7 +156,11 @@ class Policy:
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
         if not grads:
             return 0.0
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+        return float(
+            torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+            )
+        )
 
     def step(self) -> tuple[float, bool]:
         """Clip + optimizer step. Returns (pre-clip gradient norm, whether the update was applied).

@@ -47,7 +47,9 @@ def completion_mask_from_ids(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tens
     return (~after_eos).float(), ~is_eos.any(-1)
 
 
-def encode_prompts(tok, prompts: list[str], max_prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(
+    tok, prompts: list[str], max_prompt_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids; a prompt longer than the budget is an error, never cut silently."""
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     too_long = enc["attention_mask"].sum(-1) > max_prompt_len
@@ -96,7 +98,10 @@ class HFRolloutEngine:
         sampling_logp = F.log_softmax(scores, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
         cmask, truncated = completion_mask_from_ids(completion, self.tok.eos_token_id)
         sampling_logp = torch.where(cmask.bool(), sampling_logp, torch.zeros_like(sampling_logp))
-        texts = self.tok.batch_decode(completion * cmask.long() + self.tok.pad_token_id * (1 - cmask.long()), skip_special_tokens=True)
+        texts = self.tok.batch_decode(
+            completion * cmask.long() + self.tok.pad_token_id * (1 - cmask.long()),
+            skip_special_tokens=True,
+        )
         return Rollouts(ids, mask, completion, cmask, sampling_logp, truncated, texts)
 
 

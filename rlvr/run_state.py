@@ -16,7 +16,9 @@ from rlvr.io import atomic_write_json, atomic_write_text
 
 
 def write_status(run_dir: Path, state: str, step: int, reason: str | None = None, **extra) -> None:
-    atomic_write_json(run_dir / "status.json", {"state": state, "step": step, "reason": reason, **extra})
+    atomic_write_json(
+        run_dir / "status.json", {"state": state, "step": step, "reason": reason, **extra}
+    )
 
 
 def read_status(run_dir: Path) -> dict | None:
@@ -73,9 +75,13 @@ class MetricsLog:
             import wandb
 
             self.wandb = wandb.init(
-                project=cfg.logging.project, name=str(run_dir), dir=str(run_dir),
-                config=cfg.model_dump(mode="json"), mode=os.environ.get("WANDB_MODE", "offline"),
-                reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"),
+                project=cfg.logging.project,
+                name=str(run_dir),
+                dir=str(run_dir),
+                config=cfg.model_dump(mode="json"),
+                mode=os.environ.get("WANDB_MODE", "offline"),
+                reinit="finish_previous",
+                settings=wandb.Settings(silent=True, console="off"),
             )
 
     def log(self, step: int, metrics: dict) -> None:
@@ -90,7 +96,11 @@ class MetricsLog:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -111,7 +121,11 @@ CKPT_PREFIX = "step_"
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint (incomplete ones are temp folders, never renamed)."""
     root = run_dir / "checkpoints"
-    done = sorted(root.glob(f"{CKPT_PREFIX}*"), key=lambda p: int(p.name[len(CKPT_PREFIX) :])) if root.exists() else []
+    done = (
+        sorted(root.glob(f"{CKPT_PREFIX}*"), key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
+        if root.exists()
+        else []
+    )
     return done[-1] if done else None
 
 

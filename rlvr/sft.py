@@ -24,7 +24,9 @@ from rlvr.run_state import seed_everything
 
 def build_base(cfg: RunConfig):
     if cfg.model.family:
-        return build_tiny_model(cfg.model.family, TinySpec(**cfg.model.tiny.model_dump()), seed=cfg.seed)
+        return build_tiny_model(
+            cfg.model.family, TinySpec(**cfg.model.tiny.model_dump()), seed=cfg.seed
+        )
     if cfg.model.name_or_path:
         return load_model_and_tokenizer(cfg.model.name_or_path)
     raise ValueError("rlvr sft needs model.family (a tiny model) or model.name_or_path")
@@ -35,7 +37,9 @@ def encode_examples(tok, records, eos: str) -> list[tuple[list[int], int]]:
     out = []
     for r in records:
         if "solution" not in r.metadata:
-            raise ValueError(f"record {r.id!r} has no metadata.solution; SFT needs worked solutions")
+            raise ValueError(
+                f"record {r.id!r} has no metadata.solution; SFT needs worked solutions"
+            )
         p = tok(r.prompt, add_special_tokens=False)["input_ids"]
         c = tok(r.metadata["solution"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         out.append((p + c, len(p)))
@@ -76,7 +80,10 @@ def sft(cfg: RunConfig) -> dict:
     model, tok = build_base(cfg)
     examples = encode_examples(tok, records, tok.eos_token)
     gen = torch.Generator().manual_seed(cfg.seed)
-    eval_records = [records[i] for i in torch.randperm(len(records), generator=gen)[: cfg.sft.eval_prompts].tolist()]
+    eval_records = [
+        records[i]
+        for i in torch.randperm(len(records), generator=gen)[: cfg.sft.eval_prompts].tolist()
+    ]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft.lr, betas=(0.9, 0.99))
     history, t0, acc, step = [], time.perf_counter(), 0.0, 0
     model.train()
@@ -84,7 +91,9 @@ def sft(cfg: RunConfig) -> dict:
         idx = torch.randint(len(examples), (cfg.sft.batch_size,), generator=gen).tolist()
         ids, attn, labels = collate([examples[i] for i in idx], tok.pad_token_id)
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1))
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -92,16 +101,30 @@ def sft(cfg: RunConfig) -> dict:
         if step % cfg.sft.eval_every == 0 or step == cfg.sft.max_steps:
             acc = sampled_accuracy(model, tok, cfg, eval_records, reward_fn, seed=cfg.seed + step)
             model.train()
-            history.append({"step": step, "loss": loss.item(), "sampled_accuracy": acc,
-                            "seconds": time.perf_counter() - t0})
+            history.append(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "sampled_accuracy": acc,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
             if cfg.logging.progress:
-                print(f"sft step {step} loss {loss.item():.4f} sampled accuracy {acc:.3f}", flush=True)
+                print(
+                    f"sft step {step} loss {loss.item():.4f} sampled accuracy {acc:.3f}", flush=True
+                )
             if acc >= cfg.sft.target_accuracy:
                 break
-    summary = {"target_accuracy": cfg.sft.target_accuracy, "reached_accuracy": acc,
-               "reached_target": acc >= cfg.sft.target_accuracy, "steps": step,
-               "seconds": time.perf_counter() - t0, "eval_prompts": len(eval_records),
-               "temperature": cfg.rollout.temperature, "history": history}
+    summary = {
+        "target_accuracy": cfg.sft.target_accuracy,
+        "reached_accuracy": acc,
+        "reached_target": acc >= cfg.sft.target_accuracy,
+        "steps": step,
+        "seconds": time.perf_counter() - t0,
+        "eval_prompts": len(eval_records),
+        "temperature": cfg.rollout.temperature,
+        "history": history,
+    }
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(model, tok, tmp)
@@ -109,6 +132,3 @@ def sft(cfg: RunConfig) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return summary
-
-
-

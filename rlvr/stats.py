@@ -13,7 +13,9 @@ from rlvr.config import CollapseConfig
 def group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> dict[str, float]:
     """Reward mean/std over completions and the fraction of groups whose rewards are all equal."""
     groups = group_ids.unique()
-    zero_std = sum(bool((rewards[group_ids == g] == rewards[group_ids == g][0]).all()) for g in groups)
+    zero_std = sum(
+        bool((rewards[group_ids == g] == rewards[group_ids == g][0]).all()) for g in groups
+    )
     return {
         "rollout/reward_mean": float(rewards.mean()),
         "rollout/reward_std": float(rewards.std(unbiased=False)),
@@ -33,7 +35,10 @@ TAXONOMY_BINS = ("pos_peak", "pos_valley", "neg_peak", "neg_valley")
 
 
 def token_taxonomy(
-    adv: torch.Tensor, mask: torch.Tensor, p_token: torch.Tensor, collision: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    p_token: torch.Tensor,
+    collision: torch.Tensor,
     ratio: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Split completion tokens by advantage sign × (peak: p ≥ Σp², valley: p < Σp²).
@@ -48,8 +53,10 @@ def token_taxonomy(
     peak = p_token >= collision
     mass = a.abs() * ratio * (1 - p_token)
     sel = {
-        "pos_peak": live & (a > 0) & peak, "pos_valley": live & (a > 0) & ~peak,
-        "neg_peak": live & (a < 0) & peak, "neg_valley": live & (a < 0) & ~peak,
+        "pos_peak": live & (a > 0) & peak,
+        "pos_valley": live & (a > 0) & ~peak,
+        "neg_peak": live & (a < 0) & peak,
+        "neg_valley": live & (a < 0) & ~peak,
     }
     n_live, m_live = live.sum().clamp(min=1), mass[live].sum().clamp(min=1e-12)
     out = {}
@@ -76,7 +83,11 @@ class CollapseDetector:
     nonfinite_streak: int = 0
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "streaks": self.streaks, "nonfinite_streak": self.nonfinite_streak}
+        return {
+            "history": self.history,
+            "streaks": self.streaks,
+            "nonfinite_streak": self.nonfinite_streak,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [tuple(x) for x in state["history"]]

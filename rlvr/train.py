@@ -1,9 +1,9 @@
 """The shared RL loop. Read top to bottom; it never names an algorithm.
 
-    load base → each step: draw P prompts → G completions each → verifier rewards
-    → algo.shape_rewards → algo.filter_groups (refill) → algo.advantages → old log-probs
-    → k mini-batch updates (DeepSpeed, micro-batched, mini-batch normaliser) → statistics
-    → metrics.jsonl + wandb → collapse check → checkpoint
+load base → each step: draw P prompts → G completions each → verifier rewards
+→ algo.shape_rewards → algo.filter_groups (refill) → algo.advantages → old log-probs
+→ k mini-batch updates (DeepSpeed, micro-batched, mini-batch normaliser) → statistics
+→ metrics.jsonl + wandb → collapse check → checkpoint
 """
 
 from __future__ import annotations
@@ -20,15 +20,24 @@ from evals.schema import Record
 from evals.suites import load_records
 from evals.verifiers import get_reward
 from rlvr.config import RunConfig
-from rlvr.models import load_model_and_tokenizer, save_checkpoint as save_hf
+from rlvr.models import load_model_and_tokenizer
+from rlvr.models import save_checkpoint as save_hf
 from rlvr.policy import Policy
 from rlvr.rollout import Rollouts, make_rollout_engine
 from rlvr.run_state import (
-    MetricsLog, PromptSampler, latest_checkpoint, load_checkpoint, read_status, rng_state,
-    save_checkpoint, save_resolved_config, seed_everything, set_rng_state, write_status,
+    MetricsLog,
+    PromptSampler,
+    latest_checkpoint,
+    load_checkpoint,
+    read_status,
+    rng_state,
+    save_checkpoint,
+    save_resolved_config,
+    seed_everything,
+    set_rng_state,
+    write_status,
 )
 from rlvr.stats import CollapseDetector, group_stats, length_stats, token_taxonomy
-
 
 COUNT_STATS = ("tokens", "kept", "dropped")  # policy_loss stats that are counts, not rates
 
@@ -69,8 +78,15 @@ def cat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
 
 def select(r: Rollouts, idx: torch.Tensor) -> Rollouts:
     i = idx.tolist()
-    return Rollouts(r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx],
-                    r.sampling_logp[idx], r.truncated[idx], [r.texts[j] for j in i])
+    return Rollouts(
+        r.prompt_ids[idx],
+        r.prompt_mask[idx],
+        r.completion_ids[idx],
+        r.completion_mask[idx],
+        r.sampling_logp[idx],
+        r.truncated[idx],
+        [r.texts[j] for j in i],
+    )
 
 
 class Trainer:
@@ -82,12 +98,17 @@ class Trainer:
         # algorithm and data are validated before any model is loaded
         algorithms.import_modules(cfg.algorithm.modules)
         self.algo = algorithms.get(cfg.algorithm.name, **cfg.algorithm.hparams)
-        self.algo.bind(group_size=cfg.rollout.group_size, max_new_tokens=cfg.rollout.max_new_tokens,
-                       max_prompt_len=cfg.rollout.max_prompt_len)
+        self.algo.bind(
+            group_size=cfg.rollout.group_size,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            max_prompt_len=cfg.rollout.max_prompt_len,
+        )
         self.records: list[Record] = load_records(cfg.data.train)
         self.reward_fn = get_reward(cfg.data.reward or _suite_reward(cfg.data.suite))
         if not cfg.model.name_or_path:
-            raise ValueError("model.name_or_path is required for `rlvr train` (an HF id or a checkpoint dir)")
+            raise ValueError(
+                "model.name_or_path is required for `rlvr train` (an HF id or a checkpoint dir)"
+            )
         seed_everything(cfg.seed)
         model, self.tok = load_model_and_tokenizer(cfg.model.name_or_path)
         self.policy = Policy(model, cfg)
@@ -95,7 +116,9 @@ class Trainer:
         if self.algo.needs_reference and not cfg.model.lora.enabled:
             self.ref_model, _ = load_model_and_tokenizer(cfg.model.name_or_path)
             self.ref_model.requires_grad_(False).eval()
-        self.engine = make_rollout_engine(cfg.rollout, self.policy.module, self.tok, policy=self.policy)
+        self.engine = make_rollout_engine(
+            cfg.rollout, self.policy.module, self.tok, policy=self.policy
+        )
         self.sampler = PromptSampler(len(self.records), cfg.seed)
         self.collapse = CollapseDetector(cfg.collapse)
         self.step = 0
@@ -103,7 +126,9 @@ class Trainer:
     # ---- rollout -------------------------------------------------------------------------
     def rewards_for(self, roll: Rollouts, records: list[Record]) -> torch.Tensor:
         G = self.cfg.rollout.group_size
-        return torch.tensor([self.reward_fn(t, records[i // G].answer) for i, t in enumerate(roll.texts)])
+        return torch.tensor(
+            [self.reward_fn(t, records[i // G].answer) for i, t in enumerate(roll.texts)]
+        )
 
     def collect(self) -> tuple[Batch, dict]:
         """Sample until the algorithm keeps P groups (or its refill budget runs out)."""
@@ -114,7 +139,11 @@ class Trainer:
         while True:
             want = P - n_kept_groups
             records = [self.records[i] for i in self.sampler.next(want)]
-            roll = self.engine.generate([r.prompt for r in records], G, seed=self.cfg.seed * 100_003 + self.step * 101 + rounds)
+            roll = self.engine.generate(
+                [r.prompt for r in records],
+                G,
+                seed=self.cfg.seed * 100_003 + self.step * 101 + rounds,
+            )
             gids = torch.arange(next_gid, next_gid + want).repeat_interleave(G)
             next_gid += want
             rewards = self.rewards_for(roll, records)
@@ -122,7 +151,12 @@ class Trainer:
             # filter on the verifier's rewards (as verl's DAPO recipe does), so groups that differ
             # only by a length penalty are not mistaken for mixed-reward groups
             keep = self.algo.filter_groups(rewards, gids)
-            raw_rewards.append(rewards), all_gids.append(gids), lengths.append(roll.lengths), truncated.append(roll.truncated)
+            (
+                raw_rewards.append(rewards),
+                all_gids.append(gids),
+                lengths.append(roll.lengths),
+                truncated.append(roll.truncated),
+            )
             idx = keep.nonzero().squeeze(-1)
             if len(idx):
                 kept.append(Batch(select(roll, idx), gids[idx], shaped[idx]))
@@ -136,18 +170,32 @@ class Trainer:
                 "(algorithm.hparams.on_short_batch=error); raise max_gen_rounds or allow 'truncate'"
             )
         rewards, gids = torch.cat(raw_rewards), torch.cat(all_gids)
-        stats = {**group_stats(rewards, gids), **length_stats(torch.cat(lengths), torch.cat(truncated)),
-                 "rollout/gen_rounds": rounds, "actor/kept_frac": n_kept_groups * G / len(rewards)}
+        stats = {
+            **group_stats(rewards, gids),
+            **length_stats(torch.cat(lengths), torch.cat(truncated)),
+            "rollout/gen_rounds": rounds,
+            "actor/kept_frac": n_kept_groups * G / len(rewards),
+        }
         if not kept:
             return None, stats
-        batch = Batch(cat_rollouts([b.rollouts for b in kept], self.tok.pad_token_id),
-                      torch.cat([b.group_ids for b in kept]), torch.cat([b.rewards for b in kept]))
+        batch = Batch(
+            cat_rollouts([b.rollouts for b in kept], self.tok.pad_token_id),
+            torch.cat([b.group_ids for b in kept]),
+            torch.cat([b.rewards for b in kept]),
+        )
         return batch, stats
 
     # ---- update --------------------------------------------------------------------------
     def score(self, model, r: Rollouts, idx: torch.Tensor, with_stats: bool) -> dict:
-        return self.policy.score(model, r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx],
-                                 r.completion_mask[idx], self.cfg.rollout.temperature, with_stats)
+        return self.policy.score(
+            model,
+            r.prompt_ids[idx],
+            r.prompt_mask[idx],
+            r.completion_ids[idx],
+            r.completion_mask[idx],
+            self.cfg.rollout.temperature,
+            with_stats,
+        )
 
     def micro_batches(self, idx: torch.Tensor) -> list[torch.Tensor]:
         return list(idx.split(min(self.cfg.train.micro_batch_size, len(idx))))
@@ -156,7 +204,10 @@ class Trainer:
     def measure(self, batch: Batch, model=None) -> dict[str, torch.Tensor]:
         """No-grad pass over the whole batch: log-probs, entropy, p(token), Σp²."""
         model = model or self.policy.module
-        parts = [self.score(model, batch.rollouts, i, True) for i in self.micro_batches(torch.arange(len(batch.rewards)))]
+        parts = [
+            self.score(model, batch.rollouts, i, True)
+            for i in self.micro_batches(torch.arange(len(batch.rewards)))
+        ]
         return {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
 
     def update(self, batch: Batch) -> dict:
@@ -186,8 +237,14 @@ class Trainer:
                     out = self.score(self.policy.engine, r, micro, with_stats=on_policy)
                     old = out["logp"].detach() if on_policy else before["logp"][micro]
                     loss, stats = self.algo.policy_loss(
-                        out["logp"], old, batch.adv[micro], mask[micro], batch.group_ids[micro],
-                        normalizer=normalizer, ref_logp=None if ref_logp is None else ref_logp[micro])
+                        out["logp"],
+                        old,
+                        batch.adv[micro],
+                        mask[micro],
+                        batch.group_ids[micro],
+                        normalizer=normalizer,
+                        ref_logp=None if ref_logp is None else ref_logp[micro],
+                    )
                     if not torch.isfinite(loss):
                         finite = False
                         break
@@ -212,9 +269,14 @@ class Trainer:
                 skipped += not finite
         if on_policy and measured["idx"]:
             order = torch.cat(measured["idx"]).argsort()
-            before = {k: torch.cat(measured[k])[order] for k in ("logp", "entropy", "p_token", "collision")}
+            before = {
+                k: torch.cat(measured[k])[order]
+                for k in ("logp", "entropy", "p_token", "collision")
+            }
         tokens = max(sums.get("tokens", 0.0), 1.0)
-        metrics = {f"actor/{k}": v / tokens for k, v in sums.items() if k not in COUNT_STATS + ("loss",)}
+        metrics = {
+            f"actor/{k}": v / tokens for k, v in sums.items() if k not in COUNT_STATS + ("loss",)
+        }
         metrics["actor/loss"] = sums.get("loss", 0.0) / max(applied + skipped, 1)
         for k in COUNT_STATS:  # per pass over the batch
             if k in sums:
@@ -232,7 +294,9 @@ class Trainer:
             metrics["rollout/logp_diff_max"] = float(diff.max())
             if self.cfg.train.entropy_delta:
                 after = self.measure(batch)
-                metrics["actor/entropy_delta"] = float((after["entropy"] * mask).sum() / mask.sum().clamp(min=1) - ent0)
+                metrics["actor/entropy_delta"] = float(
+                    (after["entropy"] * mask).sum() / mask.sum().clamp(min=1) - ent0
+                )
         return metrics
 
     @torch.no_grad()
@@ -246,8 +310,12 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step, "sampler": self.sampler.state_dict(), "rng": rng_state(),
-                "collapse": self.collapse.state_dict()}
+        return {
+            "step": self.step,
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+            "collapse": self.collapse.state_dict(),
+        }
 
     def resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir)
@@ -265,7 +333,11 @@ class Trainer:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         status = read_status(self.run_dir)
-        if status and status["state"] in ("completed", "collapsed") and (self.run_dir / "final").exists():
+        if (
+            status
+            and status["state"] in ("completed", "collapsed")
+            and (self.run_dir / "final").exists()
+        ):
             print(f"{self.run_dir} is already {status['state']}; nothing to do")
             return status
         save_resolved_config(self.run_dir, cfg)
@@ -285,23 +357,50 @@ class Trainer:
                     self.engine.sync_weights()
                 t2 = time.perf_counter()
                 self.step += 1
-                tokens = metrics["rollout/length_mean"] * cfg.rollout.prompts_per_step * cfg.rollout.group_size
-                metrics.update({"perf/step_s": t2 - t0, "perf/rollout_s": t1 - t0, "perf/update_s": t2 - t1,
-                                "perf/rollout_tokens_per_s": tokens * metrics["rollout/gen_rounds"] / max(t1 - t0, 1e-9)})
+                tokens = (
+                    metrics["rollout/length_mean"]
+                    * cfg.rollout.prompts_per_step
+                    * cfg.rollout.group_size
+                )
+                metrics.update(
+                    {
+                        "perf/step_s": t2 - t0,
+                        "perf/rollout_s": t1 - t0,
+                        "perf/update_s": t2 - t1,
+                        "perf/rollout_tokens_per_s": tokens
+                        * metrics["rollout/gen_rounds"]
+                        / max(t1 - t0, 1e-9),
+                    }
+                )
                 log.log(self.step, metrics)
                 progress.update(1)
                 progress.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
                 # a step whose groups were all filtered out trained nothing: nothing to judge
                 if batch is not None:
-                    reason = self.collapse.update(metrics["actor/entropy"], metrics["rollout/reward_mean"],
-                                                  metrics["actor/skipped_updates"] > 0)
+                    reason = self.collapse.update(
+                        metrics["actor/entropy"],
+                        metrics["rollout/reward_mean"],
+                        metrics["actor/skipped_updates"] > 0,
+                    )
                 if reason and collapsed is None:
                     collapsed = (self.step, reason)
                     if cfg.collapse.stop:
                         break
-                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
-                    save_checkpoint(self.run_dir, self.policy.engine, self.step, self.state_dict(), cfg.checkpoint.keep)
-        except Exception as err:  # recorded, then re-raised: the DAG sees a failed job with a reason
+                if (
+                    cfg.checkpoint.every
+                    and self.step % cfg.checkpoint.every == 0
+                    and self.step < cfg.train.steps
+                ):
+                    save_checkpoint(
+                        self.run_dir,
+                        self.policy.engine,
+                        self.step,
+                        self.state_dict(),
+                        cfg.checkpoint.keep,
+                    )
+        except (
+            Exception
+        ) as err:  # recorded, then re-raised: the DAG sees a failed job with a reason
             write_status(self.run_dir, "failed", self.step, f"{type(err).__name__}: {err}")
             log.close()
             raise
@@ -342,5 +441,3 @@ def train(cfg: RunConfig) -> dict:
     """One RL run. The process group stays up for later runs in this process; the CLI tears it
     down at exit (rlvr.policy.shutdown_distributed)."""
     return Trainer(cfg).run()
-
-

@@ -46,11 +46,16 @@ class VLLMRolloutEngine:
 
         module = self.policy.engine.module
         params = list(module.parameters())
-        with deepspeed.zero.GatheredParameters(params, enabled=self.policy.cfg.train.zero_stage == 3):
+        with deepspeed.zero.GatheredParameters(
+            params, enabled=self.policy.cfg.train.zero_stage == 3
+        ):
             if self.policy.cfg.model.lora.enabled:
                 module.merge_adapter()
-                state = {k.replace("base_model.model.", "").replace(".base_layer", ""): v.detach()
-                         for k, v in module.state_dict().items() if "lora_" not in k}
+                state = {
+                    k.replace("base_model.model.", "").replace(".base_layer", ""): v.detach()
+                    for k, v in module.state_dict().items()
+                    if "lora_" not in k
+                }
                 module.unmerge_adapter()
             else:
                 state = {k: v.detach() for k, v in module.state_dict().items()}
@@ -78,10 +83,18 @@ class VLLMRolloutEngine:
         from vllm import SamplingParams
 
         self.wake()
-        params = SamplingParams(n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                max_tokens=self.cfg.max_new_tokens, logprobs=0, seed=seed)
+        params = SamplingParams(
+            n=n,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            max_tokens=self.cfg.max_new_tokens,
+            logprobs=0,
+            seed=seed,
+        )
         enc = self.tok(prompts, add_special_tokens=False)["input_ids"]
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in enc], params, use_tqdm=False)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": ids} for ids in enc], params, use_tqdm=False
+        )
         self.sleep()  # free the GPU for the DeepSpeed update
         return self._to_rollouts(enc, outputs, n)
 
@@ -106,5 +119,10 @@ class VLLMRolloutEngine:
                 lp = [d[t].logprob for d, t in zip(comp.logprobs or [], toks, strict=False)]
                 sampling_logp[row, : len(lp)] = torch.tensor(lp)
                 truncated[row] = comp.finish_reason == "length"
-        texts = [self.tok.decode(completion_ids[r, : int(cmask[r].sum())], skip_special_tokens=True) for r in range(N)]
-        return Rollouts(prompt_ids, prompt_mask, completion_ids, cmask, sampling_logp, truncated, texts)
+        texts = [
+            self.tok.decode(completion_ids[r, : int(cmask[r].sum())], skip_special_tokens=True)
+            for r in range(N)
+        ]
+        return Rollouts(
+            prompt_ids, prompt_mask, completion_ids, cmask, sampling_logp, truncated, texts
+        )

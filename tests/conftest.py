@@ -10,7 +10,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions")
+)
 
 
 @pytest.fixture(scope="session")
@@ -29,13 +31,28 @@ def sft_base(tmp_path_factory, math_data) -> Path:
     from rlvr.sft import sft
 
     out = tmp_path_factory.mktemp("base") / "qwen2"
-    cfg = load_config(None, [f"model.family=qwen2", f"data.train={math_data}/train.jsonl",
-                             f"output_dir={out}", "sft.max_steps=2000", "logging.progress=false"])
+    cfg = load_config(
+        None,
+        [
+            "model.family=qwen2",
+            f"data.train={math_data}/train.jsonl",
+            f"output_dir={out}",
+            "sft.max_steps=2000",
+            "logging.progress=false",
+        ],
+    )
     summary = sft(cfg)
     assert summary["reached_target"], summary
     return out
 
 
 def run_overrides(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [f"model.name_or_path={base}", f"data.train={data}/train.jsonl", f"data.test={data}/test.jsonl",
-            f"output_dir={out}", "logging.wandb=false", "logging.progress=false", *extra]
+    return [
+        f"model.name_or_path={base}",
+        f"data.train={data}/train.jsonl",
+        f"data.test={data}/test.jsonl",
+        f"output_dir={out}",
+        "logging.wandb=false",
+        "logging.progress=false",
+        *extra,
+    ]

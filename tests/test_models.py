@@ -6,7 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlvr.models import FAMILIES, TinySpec, build_tiny_model, load_model_and_tokenizer, save_checkpoint
+from rlvr.models import (
+    FAMILIES,
+    TinySpec,
+    build_tiny_model,
+    load_model_and_tokenizer,
+    save_checkpoint,
+)
 
 SUITE_TEXT = "Q: 94+45-88= 94+45=139 139-88=51 \\boxed{51}\nAnn lives in Oslo.\n\tOslo is in Norway. É 日本 {}"
 
@@ -15,7 +21,9 @@ SUITE_TEXT = "Q: 94+45-88= 94+45=139 139-88=51 \\boxed{51}\nAnn lives in Oslo.\n
 def checkpoints(tmp_path_factory):
     out = {}
     for family in FAMILIES:
-        model, tok = build_tiny_model(family, TinySpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
+        model, tok = build_tiny_model(
+            family, TinySpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+        )
         path = tmp_path_factory.mktemp(family)
         save_checkpoint(model, tok, path)
         out[family] = (model, path)
@@ -51,7 +59,9 @@ def test_tokenizer_round_trips_suite_text(checkpoints, family):
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200))
 def test_tokenizer_round_trips_arbitrary_text(text):
-    _, tok = build_tiny_model("gpt2", TinySpec(hidden_size=8, num_layers=1, num_heads=1, intermediate_size=8))
+    _, tok = build_tiny_model(
+        "gpt2", TinySpec(hidden_size=8, num_layers=1, num_heads=1, intermediate_size=8)
+    )
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 

@@ -20,20 +20,41 @@ def slurm(tmp_path_factory):
         pytest.skip("bringing up Slurm needs root (Debian packages and daemons)")
     state = tmp_path_factory.mktemp("slurm")
     try:
-        subprocess.run(["timeout", "-s", "KILL", "420", "bash", SCRIPTS / "start.sh", state], check=True)
+        subprocess.run(
+            ["timeout", "-s", "KILL", "420", "bash", SCRIPTS / "start.sh", state], check=True
+        )
         yield state
     finally:
         subprocess.run(["bash", SCRIPTS / "stop.sh", state], check=False)
 
 
 def test_slurm_profile_runs_the_minimal_matrix(slurm):
-    for path in ("runs/ci_slurm", "data/ci_slurm", "logs/ci_slurm", ".tmp/results_ci_slurm", ".snakemake/slurm_logs"):
+    for path in (
+        "runs/ci_slurm",
+        "data/ci_slurm",
+        "logs/ci_slurm",
+        ".tmp/results_ci_slurm",
+        ".snakemake/slurm_logs",
+    ):
         shutil.rmtree(ROOT / path, ignore_errors=True)
     env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
     # no slurmdbd here, so job status comes from squeue (MinJobAge=300 in slurm.conf)
-    cmd = ["timeout", "-s", "KILL", "900", "snakemake", "--profile", "slurm", "all",
-           "--configfile", "config/ci_slurm.yaml", "--slurm-status-command", "squeue",
-           "--slurm-init-seconds-before-status-checks", "5"]
+    cmd = [
+        "timeout",
+        "-s",
+        "KILL",
+        "900",
+        "snakemake",
+        "--profile",
+        "slurm",
+        "all",
+        "--configfile",
+        "config/ci_slurm.yaml",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     run = ROOT / "runs/ci_slurm/math/qwen2/grpo/seed0"
@@ -44,5 +65,6 @@ def test_slurm_profile_runs_the_minimal_matrix(slurm):
     assert "grpo" in (ROOT / ".tmp/results_ci_slurm/leaderboard.md").read_text()
     # every rule went through sbatch: the plugin keeps one log per submitted job
     slurm_logs = list((ROOT / ".snakemake/slurm_logs").rglob("*.log"))
-    assert {p.parts[-3] if p.parts[-3].startswith("rule_") else p.parts[-2] for p in slurm_logs} >= {
-        "rule_data", "rule_base", "rule_train", "rule_evaluate", "rule_aggregate"}, slurm_logs
+    assert {
+        p.parts[-3] if p.parts[-3].startswith("rule_") else p.parts[-2] for p in slurm_logs
+    } >= {"rule_data", "rule_base", "rule_train", "rule_evaluate", "rule_aggregate"}, slurm_logs

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_overrides
+
 from evals.suites import load_records
 from evals.verifiers import math_reward
 from rlvr.config import ConfigError, load_config
@@ -30,16 +30,40 @@ def without_perf(rows: list[dict]) -> list[dict]:
 
 @pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "dapo", "wapo"])
 def test_each_algorithm_runs_two_steps(sft_base, math_data, tmp_path, algo):
-    status = train(load_config(None, run_overrides(sft_base, math_data, tmp_path, f"algorithm.name={algo}",
-                                                   "train.steps=2", "rollout.prompts_per_step=8")))
+    status = train(
+        load_config(
+            None,
+            run_overrides(
+                sft_base,
+                math_data,
+                tmp_path,
+                f"algorithm.name={algo}",
+                "train.steps=2",
+                "rollout.prompts_per_step=8",
+            ),
+        )
+    )
     assert status["state"] == "completed" and status["step"] == 2
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2]
-    for key in ("rollout/reward_mean", "rollout/frac_zero_std_groups", "rollout/truncated_frac", "actor/entropy",
-                "actor/entropy_delta", "actor/grad_norm", "actor/clipfrac_low", "actor/clipfrac_high",
-                "actor/approx_kl", "taxonomy/pos_peak_frac", "taxonomy/neg_valley_grad_mass", "perf/step_s"):
+    for key in (
+        "rollout/reward_mean",
+        "rollout/frac_zero_std_groups",
+        "rollout/truncated_frac",
+        "actor/entropy",
+        "actor/entropy_delta",
+        "actor/grad_norm",
+        "actor/clipfrac_low",
+        "actor/clipfrac_high",
+        "actor/approx_kl",
+        "taxonomy/pos_peak_frac",
+        "taxonomy/neg_valley_grad_mass",
+        "perf/step_s",
+    ):
         assert key in rows[0], key
-    bins = sum(rows[0][f"taxonomy/{b}_frac"] for b in ("pos_peak", "pos_valley", "neg_peak", "neg_valley"))
+    bins = sum(
+        rows[0][f"taxonomy/{b}_frac"] for b in ("pos_peak", "pos_valley", "neg_peak", "neg_valley")
+    )
     assert bins == pytest.approx(1.0, abs=1e-6) or rows[0]["taxonomy/zero_adv_frac"] == 1.0
     # generation and the update score the same tokens identically (padding, positions, temperature)
     assert rows[0]["rollout/logp_diff_max"] < 1e-4
@@ -71,17 +95,40 @@ def test_micro_batching_keeps_the_gradient(sft_base, math_data, tmp_path, algo):
     rows = {}
     for micro in (64, 8):
         out = tmp_path / f"micro{micro}"
-        train(load_config(None, run_overrides(sft_base, math_data, out, f"algorithm.name={algo}", "train.steps=1",
-                                              "rollout.prompts_per_step=8", f"train.micro_batch_size={micro}")))
+        train(
+            load_config(
+                None,
+                run_overrides(
+                    sft_base,
+                    math_data,
+                    out,
+                    f"algorithm.name={algo}",
+                    "train.steps=1",
+                    "rollout.prompts_per_step=8",
+                    f"train.micro_batch_size={micro}",
+                ),
+            )
+        )
         rows[micro] = metrics(out)[0]
     assert rows[8]["rollout/reward_mean"] == rows[64]["rollout/reward_mean"]
     assert rows[8]["actor/grad_norm"] == pytest.approx(rows[64]["actor/grad_norm"], rel=1e-5)
 
 
 def test_external_algorithm_through_config_alone(sft_base, math_data, tmp_path):
-    status = train(load_config(None, run_overrides(
-        sft_base, math_data, tmp_path, f"algorithm.modules=[{EXT}]", "algorithm.name=rloo_example",
-        "train.steps=1", "rollout.prompts_per_step=4")))
+    status = train(
+        load_config(
+            None,
+            run_overrides(
+                sft_base,
+                math_data,
+                tmp_path,
+                f"algorithm.modules=[{EXT}]",
+                "algorithm.name=rloo_example",
+                "train.steps=1",
+                "rollout.prompts_per_step=4",
+            ),
+        )
+    )
     assert status["state"] == "completed"
     assert "rloo_example" in (tmp_path / "config.yaml").read_text()
 
@@ -95,9 +142,21 @@ def test_bad_config_fails_before_compute(tmp_path):
 
 
 def test_high_learning_rate_is_marked_collapsed_not_crashed(sft_base, math_data, tmp_path):
-    status = train(load_config(None, run_overrides(
-        sft_base, math_data, tmp_path, "train.lr=0.03", "train.steps=25", "rollout.prompts_per_step=8",
-        "collapse.patience=2", "collapse.window=2")))
+    status = train(
+        load_config(
+            None,
+            run_overrides(
+                sft_base,
+                math_data,
+                tmp_path,
+                "train.lr=0.03",
+                "train.steps=25",
+                "rollout.prompts_per_step=8",
+                "collapse.patience=2",
+                "collapse.window=2",
+            ),
+        )
+    )
     assert status["state"] == "collapsed", status
     assert status["step"] < 25 and status["reason"]
     assert (tmp_path / "final" / "config.json").exists()  # the DAG goes on: eval still has a model
@@ -111,7 +170,9 @@ def test_grpo_raises_held_out_accuracy(sft_base, math_data, tmp_path):
     def accuracy(path: Path) -> float:
         model, tok = load_model_and_tokenizer(path)
         # 256 prompts × 4 samples: noise ≈ ±0.015
-        return sum(sampled_accuracy(model, tok, cfg, test, math_reward, seed=s) for s in range(4)) / 4
+        return (
+            sum(sampled_accuracy(model, tok, cfg, test, math_reward, seed=s) for s in range(4)) / 4
+        )
 
     before = accuracy(sft_base)
     assert train(cfg)["state"] == "completed"
