@@ -53,7 +53,18 @@ def _cmd_eval(args) -> None:
     print(f"eval: wrote {default_out(cfg)}/<suite>.json")
 
 
-COMMANDS = {"data": _cmd_data, "sft": _cmd_sft, "train": _cmd_train, "eval": _cmd_eval}
+def _cmd_aggregate(args) -> None:
+    from pathlib import Path
+
+    from rlvr.aggregate import aggregate
+
+    written = aggregate(Path(args.runs), Path(args.out), command="rlvr " + " ".join(sys.argv[1:]),
+                        config_name=args.config_name, experiment=args.experiment)
+    print(f"aggregate: wrote {len(written)} files to {args.out}")
+
+
+COMMANDS = {"data": _cmd_data, "sft": _cmd_sft, "train": _cmd_train, "eval": _cmd_eval,
+            "aggregate": _cmd_aggregate}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="run config YAML")
         p.add_argument("overrides", nargs="*", help="config overrides as key.sub=value")
+    agg = sub.add_parser("aggregate", help="leaderboard, stability tables and figures from run dirs")
+    agg.add_argument("--runs", default="runs", help="runs root (holds <experiment>/...)")
+    agg.add_argument("--experiment", default=None)
+    agg.add_argument("--out", default="results")
+    agg.add_argument("--config-name", default="config/default.yaml", help="the DAG config, for the header")
     return parser
 
 

@@ -9,7 +9,7 @@ rule aggregate:
         stability_csv=f"{RESULTS}/stability.csv",
         figures=expand(f"{RESULTS}/figures/{{suite}}_{{metric}}.png", suite=SUITES, metric=["entropy", "reward", "grad_norm"]),
     params:
-        runs=f"runs/{EXP}",
+        runs="runs",
         out=RESULTS,
         exp=EXP,
         config_name=lambda w: workflow.configfiles[-1] if workflow.configfiles else "config/default.yaml",

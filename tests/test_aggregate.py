@@ -1,0 +1,227 @@
+"""rlvr.aggregate on a hand-built runs tree: 2 suites × 2 families × (grpo, wapo, base) × 2 seeds.
+
+Hand-chosen values (every run has 6 steps unless noted):
+    entropy   grpo 1,1,1,.5,.5,.5 (final/initial 0.5); wapo 1,1,1,2,2,2 (2.0)
+    reward    .1 .. .6 plus 0.1 × seed (peak .6 + .1s, final .5 + .1s)
+    grad norm 1 .. 6 times (seed + 1) (max 6, 12)
+    taxonomy  pos_peak .4, pos_valley .1, neg_peak .3, neg_valley .2; grad mass .25 each
+    math/qwen2/grpo/seed1  collapsed at step 4 (entropy collapse): 4 steps, entropy 1,1,1,.1
+                           (ratio .7), reward .2,.3,.4,.1, grad 1,1,1,10, pos_peak_frac .8
+    math/gpt2/wapo/seed1   running: wild values everywhere, must be excluded
+"""
+
+import json
+import struct
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from rlvr import aggregate as agg
+
+SUITES, FAMILIES, ALGOS, SEEDS = ("math", "multihop"), ("gpt2", "qwen2"), ("grpo", "wapo"), (0, 1)
+COMMAND = "rlvr aggregate --config config/test.yaml"
+COLLAPSE = {"window": 3, "patience": 5, "entropy_low": 0.1, "entropy_high": 3.0}
+# pass@1 per (suite, family, algorithm, seed); base has seed None. Other metrics derive from it.
+PASS1 = {
+    ("gpt2", "grpo"): (0.2, 0.4), ("gpt2", "wapo"): (0.5, 0.99),
+    ("qwen2", "grpo"): (0.4, 0.6), ("qwen2", "wapo"): (0.7, 0.8),
+    ("gpt2", "base"): (0.9,), ("qwen2", "base"): (0.1,),
+}
+
+
+def write_eval(run: Path, suite: str, pass1: float) -> None:
+    metrics = {"pass@1": pass1, "avg@4": pass1 - 0.05, "pass@4": pass1 + 0.1}
+    extra = {}
+    if suite == "multihop":
+        metrics = {"pass@1": pass1, "em": pass1, "f1": pass1 + 0.1}
+        extra = {"chance": 0.25}
+    data = {"suite": suite, "checkpoint": str(run / "final"), "metrics": metrics, "n": 8, "k": 4, **extra}
+    (run / "eval").mkdir(parents=True, exist_ok=True)
+    (run / "eval" / f"{suite}.json").write_text(json.dumps(data))
+
+
+def metrics_rows(entropy, reward, grad, pos_peak=0.4) -> list[dict]:
+    tax = {"pos_peak_frac": pos_peak, "pos_valley_frac": 0.1, "neg_peak_frac": 0.3, "neg_valley_frac": 0.2}
+    tax |= {f"{b}_grad_mass": 0.25 for b in agg.BINS}
+    return [
+        {"step": i + 1, "rollout/reward_mean": r, "actor/entropy": e, "actor/grad_norm": g,
+         **{f"taxonomy/{k}": v for k, v in tax.items()}}
+        for i, (e, r, g) in enumerate(zip(entropy, reward, grad, strict=True))
+    ]
+
+
+def write_run(root: Path, suite: str, family: str, algo: str, seed: int) -> None:
+    run = root / suite / family / algo / f"seed{seed}"
+    run.mkdir(parents=True)
+    ent = [1, 1, 1] + ([0.5] * 3 if algo == "grpo" else [2] * 3)
+    rows = metrics_rows(ent, [0.1 * i + 0.1 * seed for i in range(1, 7)], [i * (seed + 1) for i in range(1, 7)])
+    status = {"state": "completed", "step": 6, "reason": None, "steps_run": 6}
+    if (suite, family, algo, seed) == ("math", "qwen2", "grpo", 1):
+        rows = metrics_rows([1, 1, 1, 0.1], [0.2, 0.3, 0.4, 0.1], [1, 1, 1, 10], pos_peak=0.8)
+        reason = "entropy collapse: entropy 0.1 (initial 1), reward 0.1 (initial 0.3) for 5 steps"
+        status = {"state": "collapsed", "step": 4, "reason": reason, "steps_run": 4}
+    if (suite, family, algo, seed) == ("math", "gpt2", "wapo", 1):
+        rows = metrics_rows([1, 50], [1.0, 1.0], [1000, 1000])
+        status = {"state": "running", "step": 2, "reason": None}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "status.json").write_text(json.dumps(status))
+    (run / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "collapse": COLLAPSE}, sort_keys=False))
+    if not (suite == "multihop" and family == "gpt2" and (algo == "wapo" or seed == 0)):
+        write_eval(run, suite, PASS1[family, algo][seed])
+
+
+def build_tree(root: Path) -> Path:
+    exp = root / "runs" / "exp"
+    for suite in SUITES:
+        for family in FAMILIES:
+            for algo in ALGOS:
+                for seed in SEEDS:
+                    write_run(exp, suite, family, algo, seed)
+            base = exp / suite / family / "base"
+            write_eval(base, suite, PASS1[family, "base"][0])
+            (base / "sft.json").write_text(json.dumps({"target_accuracy": 0.3, "reached_accuracy": 0.31, "steps": 400}))
+    return root / "runs"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("agg")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(agg, "git_commit", lambda: "abc1234")
+        written = agg.aggregate(build_tree(tmp), tmp / "results", command=COMMAND,
+                                config_name="config/test.yaml", experiment="exp")
+    return tmp / "results", written
+
+
+def board_row(out: Path, **where) -> pd.Series:
+    board = pd.read_csv(out / "leaderboard.csv")
+    rows = board[(board[list(where)] == pd.Series(where)).all(axis=1)]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def stab_row(out: Path, suite: str, family: str, algorithm: str) -> pd.Series:
+    table = pd.read_csv(out / "stability.csv")
+    return table[(table.suite == suite) & (table.family == family) & (table.algorithm == algorithm)].iloc[0]
+
+
+def md_line(text: str, section: str, label: str) -> str:
+    """The table row of `label` in the markdown section headed exactly `## section`."""
+    block = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return next(line for line in block.splitlines() if line.startswith(f"| {label} |"))
+
+
+def test_returns_every_file(results):
+    out, written = results
+    figures = {f"figures/{s}_{c}.png" for s in SUITES for c in ("entropy", "reward", "grad_norm")}
+    assert set(written) == {"leaderboard.md", "leaderboard.csv", "stability.md", "stability.csv"} | figures
+    assert all(p == out / name and p.is_file() for name, p in written.items())
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_leaderboard_csv_mean_std_n(results):
+    out, _ = results
+    grpo = board_row(out, suite="math", family="gpt2", algorithm="grpo", metric="pass@1")
+    assert (grpo["mean"], grpo["std"], grpo["n"]) == pytest.approx((0.3, 0.02**0.5, 2), abs=1e-6)
+    collapsed_included = board_row(out, suite="math", family="qwen2", algorithm="grpo", metric="avg@4")
+    assert (collapsed_included["mean"], collapsed_included["n"]) == pytest.approx((0.45, 2))
+    running_excluded = board_row(out, suite="math", family="gpt2", algorithm="wapo", metric="pass@1")
+    assert (running_excluded["mean"], running_excluded["n"]) == (0.5, 1) and pd.isna(running_excluded["std"])
+    base = board_row(out, suite="math", family="gpt2", algorithm=agg.BASE_LABEL, metric="pass@4")
+    assert (base["mean"], base["n"]) == pytest.approx((1.0, 1))
+    f1 = board_row(out, suite="multihop", family="gpt2", algorithm="grpo", metric="f1")
+    assert (f1["mean"], f1["n"]) == pytest.approx((0.5, 1))  # seed0 has no eval file
+    chance = board_row(out, suite="multihop", family="qwen2", algorithm=agg.CHANCE_LABEL)
+    assert chance["mean"] == 0.25
+
+
+def test_leaderboard_md_cells_and_bold(results):
+    out, _ = results
+    text = (out / "leaderboard.md").read_text()
+    assert text.startswith("# Leaderboard — experiment `exp`")
+    assert COMMAND in text and "config/test.yaml" in text and "abc1234" in text and "UTC" in text
+    header = md_line(text, "math", "algorithm")
+    assert header.split(" | ")[1:4] == ["gpt2 pass@1", "gpt2 avg@4", "gpt2 pass@4"]
+    assert md_line(text, "math", "grpo").split(" | ")[1] == "0.300 ± 0.141 (n=2)"
+    assert md_line(text, "math", "wapo").split(" | ")[1] == "**0.500 (n=1)**"
+    assert md_line(text, "math", "wapo").split(" | ")[4] == "**0.750 ± 0.071 (n=2)**"
+    assert md_line(text, "math", agg.BASE_LABEL).split(" | ")[1] == "0.900 (n=1)"  # higher, not bold
+    assert "| wapo | — | — | — |" in md_line(text, "multihop", "wapo") + " |"
+    assert md_line(text, "multihop", agg.CHANCE_LABEL).split(" | ")[1:4] == ["0.250", "0.250", ""]
+    rows = [line.split(" | ")[0] for line in text.split("\n## math\n")[1].splitlines() if line.startswith("| ")]
+    assert rows[:4] == ["| algorithm", "| base (before RL)", "| grpo", "| wapo"]
+    assert "`math/gpt2/wapo/seed1`: running at step 2" in text and "excluded" in text
+    assert "SFT warm start reached sampled accuracy 0.310" in text
+
+
+def test_stability_numbers(results):
+    out, _ = results
+    pooled = stab_row(out, "math", "all", "grpo")
+    assert (pooled.runs, pooled.collapsed, pooled.incomplete) == (4, 1, 0)
+    assert pooled.collapse_reasons == "1/4 (entropy collapse ×1)"
+    assert pooled.steps_to_collapse == 4
+    assert pooled.entropy_ratio == pytest.approx((3 * 0.5 + 0.7) / 4, abs=1e-6)
+    assert pooled.grad_norm_max == pytest.approx((6 + 12 + 6 + 10) / 4)
+    assert pooled.reward_peak == pytest.approx((0.6 + 0.7 + 0.6 + 0.4) / 4, abs=1e-6)
+    assert pooled.reward_final == pytest.approx((0.5 + 0.6 + 0.5 + 0.8 / 3) / 4, abs=1e-6)
+    assert pooled.pos_peak_frac == pytest.approx((18 * 0.4 + 4 * 0.8) / 22, abs=1e-6)  # over all steps
+    assert pooled.neg_valley_grad_mass == pytest.approx(0.25)
+    family = stab_row(out, "math", "qwen2", "grpo")
+    assert family.collapse_reasons == "1/2 (entropy collapse ×1)" and family.collapse_rate == 0.5
+    assert family.entropy_ratio == pytest.approx(0.6, abs=1e-6)
+    wapo = stab_row(out, "math", "all", "wapo")  # the running run's 1000s never count
+    assert (wapo.runs, wapo.incomplete, wapo.collapse_reasons) == (3, 1, "0/3")
+    assert wapo.grad_norm_max == pytest.approx(8.0) and wapo.entropy_ratio == pytest.approx(2.0)
+    assert pd.isna(wapo.steps_to_collapse)
+
+
+def test_stability_md(results):
+    out, _ = results
+    text = (out / "stability.md").read_text()
+    assert text.startswith("# Stability — experiment `exp`") and COMMAND in text
+    assert "Collapse thresholds (config.yaml `collapse:`): window 3, patience 5, entropy_low 0.1" in text
+    cells = md_line(text, "math", "grpo").split(" | ")
+    assert cells[1:5] == ["4", "1/4 (entropy collapse ×1)", "4.0", "0.550"]
+    assert md_line(text, "math", "wapo").split(" | ")[3] == "—"
+    assert "`math/gpt2/wapo/seed1`: running at step 2" in text
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_figures_are_pngs_of_fixed_size(results):
+    _, written = results
+    sizes = {png_size(p) for name, p in written.items() if name.endswith(".png")}
+    assert sizes == {(900, 420)}  # 2 families side by side: 2 × 4.5 in × 100 dpi
+
+
+def test_empty_tree_is_one_line_error(tmp_path):
+    (tmp_path / "runs" / "exp" / "math").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no runs found under .*runs") as err:
+        agg.aggregate(tmp_path / "runs", tmp_path / "out", command="c", config_name="x")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="missing"):
+        agg.aggregate(tmp_path / "missing", tmp_path / "out", command="c", config_name="x")
+    assert not (tmp_path / "out").exists()
+
+
+def test_partial_tree_does_not_crash(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError("git")))
+    exp = tmp_path / "runs" / "exp" / "math" / "qwen2"
+    (exp / "dapo" / "seed0").mkdir(parents=True)  # nothing written yet
+    broken = exp / "grpo" / "seed0"
+    (broken / "eval").mkdir(parents=True)
+    (broken / "status.json").write_text(json.dumps({"state": "failed", "step": 1, "reason": "OOM"}))
+    (broken / "eval" / "math.json").write_text("{half")
+    (broken / "metrics.jsonl").write_text('{"step": 1, "actor/entropy": 1.0}\n{"step": 2, "act')
+    written = agg.aggregate(tmp_path / "runs", tmp_path / "out", command="c", config_name="x")
+    assert set(written) == {"leaderboard.md", "leaderboard.csv", "stability.md", "stability.csv"}
+    text = written["stability.md"].read_text()
+    assert "commit `unknown`" in text and "`math/qwen2/grpo/seed0`: failed at step 1 (OOM)" in text
+    assert "| dapo | 0 | — |" in text
