@@ -31,6 +31,10 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
+bench: setup
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
+	$(PY) -m rlvr.bench
+
 lint: setup
 	$(PY) -m ruff check .
 	$(VENV)/bin/snakemake --lint --configfile $(CONFIG) -n || true

@@ -65,8 +65,9 @@ def encode_prompts(
 class HFRolloutEngine:
     """transformers `generate` on the policy module itself: no weight copy, nothing to sync."""
 
-    def __init__(self, model, tok, cfg: RolloutConfig):
+    def __init__(self, model, tok, cfg: RolloutConfig, autocast_bf16: bool = False):
         self.model, self.tok, self.cfg = model, tok, cfg
+        self.autocast_bf16 = autocast_bf16  # train.precision=bf16 on CPU: sample in bf16 too
 
     def sync_weights(self) -> None:  # samples from the live module
         pass
@@ -78,7 +79,13 @@ class HFRolloutEngine:
         torch.manual_seed(seed)
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            out = self._generate(ids, mask)
+        self.model.train(was_training)
+        return self._to_rollouts(ids, mask, out)
+
+    def _generate(self, ids, mask):
+        return self.model.generate(
             input_ids=ids,
             attention_mask=mask,
             do_sample=True,
@@ -91,7 +98,8 @@ class HFRolloutEngine:
             output_scores=True,
             return_dict_in_generate=True,
         )
-        self.model.train(was_training)
+
+    def _to_rollouts(self, ids, mask, out) -> Rollouts:
         completion = out.sequences[:, ids.shape[1] :]
         # scores are the processed logits (temperature, top-p) the sampler drew from
         scores = torch.stack(out.scores, dim=1).float()
@@ -105,9 +113,9 @@ class HFRolloutEngine:
         return Rollouts(ids, mask, completion, cmask, sampling_logp, truncated, texts)
 
 
-def make_rollout_engine(cfg: RolloutConfig, model, tok, **kwargs) -> RolloutEngine:
+def make_rollout_engine(cfg: RolloutConfig, model, tok, policy=None, **kwargs) -> RolloutEngine:
     if cfg.engine == "hf":
-        return HFRolloutEngine(model, tok, cfg)
+        return HFRolloutEngine(model, tok, cfg, autocast_bf16=bool(policy and policy.autocast))
     from rlvr.vllm_engine import VLLMRolloutEngine  # GPU only; imports vllm
 
-    return VLLMRolloutEngine(model, tok, cfg, **kwargs)
+    return VLLMRolloutEngine(model, tok, cfg, policy=policy, **kwargs)
