@@ -33,6 +33,12 @@ def init_distributed() -> None:
         ("MASTER_ADDR", "127.0.0.1"),
     ):
         os.environ.setdefault(key, value)
+    if not torch.cuda.is_available() and os.environ["WORLD_SIZE"] == "1":
+        # One CPU process communicates with nobody: skip DeepSpeed's shared-memory allreduce op,
+        # which otherwise compiles with gcc (~70 s) on first use in every fresh environment.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
