@@ -54,6 +54,7 @@ def test_slurm_profile_runs_the_minimal_matrix(slurm):
         "squeue",
         "--slurm-init-seconds-before-status-checks",
         "5",
+        "--slurm-keep-successful-logs",
     ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
@@ -63,8 +64,7 @@ def test_slurm_profile_runs_the_minimal_matrix(slurm):
     assert json.loads((run / "eval/math.json").read_text())["n"] == 8
     assert (ROOT / "runs/ci_slurm/math/qwen2/base/eval/math.json").exists()
     assert "grpo" in (ROOT / ".tmp/results_ci_slurm/leaderboard.md").read_text()
-    # every rule went through sbatch: the plugin keeps one log per submitted job
+    # every rule went through sbatch: the plugin keeps one log per submitted job (rule_<name>/...)
     slurm_logs = list((ROOT / ".snakemake/slurm_logs").rglob("*.log"))
-    assert {
-        p.parts[-3] if p.parts[-3].startswith("rule_") else p.parts[-2] for p in slurm_logs
-    } >= {"rule_data", "rule_base", "rule_train", "rule_evaluate", "rule_aggregate"}, slurm_logs
+    rules = {part for p in slurm_logs for part in p.parts if part.startswith("rule_")}
+    assert rules >= {"rule_data", "rule_base", "rule_train", "rule_evaluate", "rule_aggregate"}, rules

@@ -12,7 +12,7 @@ rule aggregate:
         runs="runs",
         out=RESULTS,
         exp=EXP,
-        config_name=lambda w: workflow.configfiles[-1] if workflow.configfiles else "config/default.yaml",
+        config_name=lambda w: os.path.relpath(workflow.configfiles[-1]) if workflow.configfiles else "config/default.yaml",
     log:
         f"logs/{EXP}/aggregate.log",
     shell:
