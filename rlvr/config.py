@@ -141,7 +141,12 @@ class EvalConfig(Section):
 
 class CheckpointConfig(Section):
     every: int = Field(20, ge=0, description="Checkpoint every N steps (0 = only at the end).")
-    keep: int = Field(2, ge=1, description="Newest checkpoints kept on disk.")
+    keep: int = Field(2, ge=1, description="Newest resumable checkpoints kept on disk.")
+    export_hf: bool = Field(
+        True,
+        description="Also write each checkpoint as an HF model under hf_checkpoints/ (never "
+        "pruned), so test accuracy can be evaluated as a curve over training.",
+    )
 
 
 class CollapseConfig(Section):

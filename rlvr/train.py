@@ -8,6 +8,7 @@ load base → each step: draw P prompts → G completions each → verifier rewa
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from dataclasses import dataclass
@@ -398,6 +399,8 @@ class Trainer:
                         self.state_dict(),
                         cfg.checkpoint.keep,
                     )
+                    if cfg.checkpoint.export_hf:  # kept for evaluation curves over training
+                        self.export_hf(self.run_dir / "hf_checkpoints" / f"step_{self.step:06d}")
         except (
             Exception
         ) as err:  # recorded, then re-raised: the DAG sees a failed job with a reason
@@ -406,7 +409,7 @@ class Trainer:
             raise
         finally:
             progress.close()
-        self.save_final()
+        self.export_hf(self.run_dir / "final")
         if collapsed:
             write_status(self.run_dir, "collapsed", collapsed[0], collapsed[1], steps_run=self.step)
         else:
@@ -414,15 +417,16 @@ class Trainer:
         log.close()
         return read_status(self.run_dir)
 
-    def save_final(self) -> None:
+    def export_hf(self, dest: Path) -> None:
+        """The current policy as a standard HF checkpoint (LoRA merged into a copy), atomically."""
         model = self.policy.module
         if self.cfg.model.lora.enabled:
-            model = model.merge_and_unload()
-        final, tmp = self.run_dir / "final", self.run_dir / ".final.tmp"
+            model = copy.deepcopy(model).merge_and_unload()
+        tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         save_hf(model, self.tok, tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
 
 
 def _suite_reward(suite: str) -> str:

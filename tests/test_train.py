@@ -79,6 +79,7 @@ def test_deterministic_and_resumes_from_checkpoint(sft_base, math_data, tmp_path
     # an interrupted run: stop after 3 steps, past the step-2 checkpoint, leaving no final state
     train(load_config(None, run_overrides(sft_base, math_data, resumed, *common, "train.steps=3")))
     assert (resumed / "checkpoints" / "step_000002").is_dir()
+    assert (resumed / "hf_checkpoints" / "step_000002" / "config.json").exists()  # for eval curves
     (resumed / "status.json").unlink()
     # relaunching the same command resumes from step 2; step 3's row is rewritten, not duplicated
     train(load_config(None, run_overrides(sft_base, math_data, resumed, *common)))
