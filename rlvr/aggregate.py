@@ -22,10 +22,8 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -36,7 +34,7 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from rlvr.io import atomic_write_text
+from rlvr.io import atomic_write_bytes, atomic_write_text
 
 BASE = "base"
 BASE_LABEL = "base (before RL)"
@@ -491,20 +489,6 @@ def curve_figure(suite_runs: list[Run], suite: str, name: str, colors: dict[str,
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_figures(runs: list[Run], out_dir: Path) -> dict[str, Path]:
