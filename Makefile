@@ -37,7 +37,7 @@ bench: setup
 
 lint: setup
 	$(PY) -m ruff check .
-	$(VENV)/bin/snakemake --lint --configfile $(CONFIG) -n || true
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --lint
 
 clean:
 	rm -rf runs data .snakemake

@@ -10,7 +10,7 @@ rule aggregate:
         figures=expand(f"{RESULTS}/figures/{{suite}}_{{metric}}.png", suite=SUITES, metric=["entropy", "reward", "grad_norm"]),
     params:
         runs="runs",
-        out=RESULTS,
+        out=lambda w, output: os.path.dirname(output.leaderboard),
         exp=EXP,
         config_name=lambda w: os.path.relpath(workflow.configfiles[-1]) if workflow.configfiles else "config/default.yaml",
     log:
