@@ -51,6 +51,8 @@ def _ours(model: Path, data: Path, out: Path, precision: str) -> dict:
     ])
     train(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    perf = [json.loads(line) for line in (out / "perf.jsonl").read_text().splitlines()]
+    rows = [{**r, **p} for r, p in zip(rows, perf, strict=True)]
     return {
         "step_s": [r["perf/step_s"] for r in rows],
         "rollout_s": [r["perf/rollout_s"] for r in rows],

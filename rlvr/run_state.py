@@ -60,16 +60,29 @@ class PromptSampler:
         self._order = self._perm()
 
 
+def _rows_up_to(path: Path, step: int) -> list[str]:
+    """JSON lines with `step` ≤ step; a line cut short by a killed process is dropped."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            if json.loads(line)["step"] <= step:
+                rows.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return rows
+
+
 class MetricsLog:
-    """metrics.jsonl (key `step` first) mirrored to wandb; on resume, rows past the step are cut."""
+    """metrics.jsonl (key `step` first) mirrored to wandb; on resume, rows past the step are cut.
+
+    Wall-clock timings (`perf/`) go to perf.jsonl and wandb, not metrics.jsonl, so the same
+    config and seed give a byte-identical metrics.jsonl on CPU.
+    """
 
     def __init__(self, run_dir: Path, cfg: RunConfig, resume_step: int):
-        self.path = run_dir / "metrics.jsonl"
-        rows = []
-        if self.path.exists():
-            rows = [line for line in self.path.read_text().splitlines() if line.strip()]
-            rows = [r for r in rows if json.loads(r)["step"] <= resume_step]
-        atomic_write_text(self.path, "".join(r + "\n" for r in rows))
+        self.paths = {"metrics": run_dir / "metrics.jsonl", "perf": run_dir / "perf.jsonl"}
+        for path in self.paths.values():
+            atomic_write_text(path, "".join(r + "\n" for r in _rows_up_to(path, resume_step)))
         self.wandb = None
         if cfg.logging.wandb:
             import wandb
@@ -85,8 +98,11 @@ class MetricsLog:
             )
 
     def log(self, step: int, metrics: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        perf = {k: v for k, v in metrics.items() if k.startswith("perf/")}
+        rest = {k: v for k, v in metrics.items() if not k.startswith("perf/")}
+        for name, row in (("metrics", rest), ("perf", perf)):
+            with open(self.paths[name], "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **row}) + "\n")
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 

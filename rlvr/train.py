@@ -237,6 +237,11 @@ class Trainer:
                 for micro in self.micro_batches(mb):
                     out = self.score(self.policy.engine, r, micro, with_stats=on_policy)
                     old = out["logp"].detach() if on_policy else before["logp"][micro]
+                    if on_policy:
+                        measured["logp"].append(old.cpu())
+                        for k in ("entropy", "p_token", "collision"):
+                            measured[k].append(out[k].cpu())
+                        measured["idx"].append(micro)
                     loss, stats = self.algo.policy_loss(
                         out["logp"],
                         old,
@@ -246,20 +251,17 @@ class Trainer:
                         normalizer=normalizer,
                         ref_logp=None if ref_logp is None else ref_logp[micro],
                     )
-                    if not torch.isfinite(loss):
-                        finite = False
-                        break
+                    # a non-finite loss poisons the whole mini-batch update: skip its backward
+                    # (the statistics of the remaining micro-batches are still measured)
+                    finite = finite and bool(torch.isfinite(loss))
+                    if not finite:
+                        continue
                     self.policy.backward(loss)
                     tokens = float(stats.get("tokens", 0))
                     for k, v in stats.items():  # counts add up; rates are token-weighted
                         w = 1.0 if k in COUNT_STATS else tokens
                         sums[k] = sums.get(k, 0.0) + float(v) * w
                     sums["loss"] = sums.get("loss", 0.0) + loss.item()
-                    if on_policy:
-                        measured["logp"].append(old.cpu())
-                        for k in ("entropy", "p_token", "collision"):
-                            measured[k].append(out[k].cpu())
-                        measured["idx"].append(micro)
                 if finite:
                     norm, ok = self.policy.step()
                     grad_norms.append(norm)
@@ -375,7 +377,11 @@ class Trainer:
                 )
                 log.log(self.step, metrics)
                 progress.update(1)
-                progress.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
+                progress.set_postfix(
+                    reward=f"{metrics['rollout/reward_mean']:.3f}",
+                    entropy=f"{metrics.get('actor/entropy', float('nan')):.3f}",
+                    step_s=f"{t2 - t0:.2f}",
+                )
                 # a step whose groups were all filtered out trained nothing: nothing to judge
                 if batch is not None:
                     reason = self.collapse.update(
