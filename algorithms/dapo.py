@@ -61,9 +61,11 @@ class DAPO(Algorithm):
     """Drop groups whose rewards are all equal (filter_groups)."""
     max_gen_rounds: int = 3
     """Extra generation rounds the loop may run to refill dropped groups."""
-    on_short_batch: str = "error"
-    """Still short after max_gen_rounds: "error" raises; "truncate" trains on the kept groups
-    (a smaller batch) and logs it."""
+    on_short_batch: str = "truncate"
+    """Still short after max_gen_rounds: "truncate" trains on the kept groups (a smaller batch,
+    logged as actor/kept_frac) and "error" raises, as verl does. The benchmark defaults to
+    truncate: tiny models often have most groups all-correct or all-wrong, and one short batch
+    must not crash a DAG of hundreds of runs."""
     overlong_shaping: bool = True
     """Add the soft overlong penalty to the rewards (shape_rewards)."""
     overlong_buffer_len: int | None = None

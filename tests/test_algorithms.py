@@ -329,8 +329,8 @@ def test_dapo_dynamic_sampling_keeps_groups_with_spread():
 
 def test_dapo_loop_settings():
     algo = algorithms.get("dapo")
-    assert (algo.max_gen_rounds, algo.on_short_batch) == (3, "error")
-    assert algorithms.get("dapo", on_short_batch="truncate").on_short_batch == "truncate"
+    assert (algo.max_gen_rounds, algo.on_short_batch) == (3, "truncate")
+    assert algorithms.get("dapo", on_short_batch="error").on_short_batch == "error"
     assert algorithms.get("grpo").max_gen_rounds == 0  # the base: never regenerate
     with pytest.raises(ValueError, match="on_short_batch"):
         algorithms.get("dapo", on_short_batch="skip")
