@@ -4,6 +4,7 @@ and a learning run whose held-out accuracy really rises."""
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -75,22 +76,32 @@ def test_each_algorithm_runs_two_steps(sft_base, math_data, tmp_path, algo):
         assert rows[0]["actor/kept_frac"] <= 1.0 and rows[0]["rollout/gen_rounds"] >= 1
 
 
-def rlvr_train(*overrides: str) -> subprocess.Popen:
-    """`rlvr train` in its own process, as the DAG runs it (output discarded)."""
+def rlvr_train(log: Path, *overrides: str) -> subprocess.Popen:
+    """`rlvr train` in its own process, as the DAG runs it; output appended to `log`."""
     cmd = [sys.executable, "-m", "rlvr", "train", *overrides]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # a fresh process group: not the one this test process set up for in-process runs
+    dist = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in dist}
+    with open(log, "ab") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def tail(log: Path) -> str:
+    return log.read_text()[-3000:]
 
 
 def test_sigkill_and_relaunch_gives_identical_metrics(sft_base, math_data, tmp_path):
     """Same config + seed → byte-identical metrics.jsonl, also across a SIGKILL and a relaunch."""
     common = ["train.steps=10", "rollout.prompts_per_step=8", "checkpoint.every=2"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert rlvr_train(*run_overrides(sft_base, math_data, straight, *common)).wait() == 0
-    proc = rlvr_train(*run_overrides(sft_base, math_data, killed, *common))
-    log = killed / "metrics.jsonl"
+    log = tmp_path / "train.log"
+    straight_run = rlvr_train(log, *run_overrides(sft_base, math_data, straight, *common))
+    assert straight_run.wait() == 0, tail(log)
+    proc = rlvr_train(log, *run_overrides(sft_base, math_data, killed, *common))
+    rows = killed / "metrics.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 3:  # past the step-2 checkpoint
+        if rows.exists() and len(rows.read_text().splitlines()) >= 3:  # past the step-2 checkpoint
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -100,8 +111,8 @@ def test_sigkill_and_relaunch_gives_identical_metrics(sft_base, math_data, tmp_p
     assert (killed / "checkpoints" / "step_000002").is_dir()
     assert (killed / "hf_checkpoints" / "step_000002" / "config.json").exists()  # eval curves
     # relaunching the same command resumes from the newest checkpoint; rows past it are redone
-    relaunch = rlvr_train(*run_overrides(sft_base, math_data, killed, *common))
-    assert relaunch.wait() == 0
+    relaunch = rlvr_train(log, *run_overrides(sft_base, math_data, killed, *common))
+    assert relaunch.wait() == 0, tail(log)
     assert (killed / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
     a, _ = load_model_and_tokenizer(straight / "final")
     b, _ = load_model_and_tokenizer(killed / "final")

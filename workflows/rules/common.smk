@@ -73,9 +73,12 @@ def algo_entry(label):
 
 
 def stage_overrides(suite, model, extra=None):
-    """Run-config overrides every stage shares: the run section, the model's, the suite's data."""
+    """Run-config overrides every stage shares, later ones winning: the run section, the suite's,
+    the model's, then `extra` (an algorithm's), plus the suite's data paths."""
     paths = data_paths(suite)
-    settings = merged(config.get("run", {}), MODELS[model].get("run", {}), extra or {})
+    settings = merged(
+        config.get("run", {}), SUITES[suite].get("run", {}), MODELS[model].get("run", {}), extra or {}
+    )
     data = {"data": {"suite": suite, "train": paths["train"], "test": paths["test"]}}
     return flatten(merged(settings, data))
 
