@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.schema import Record
-from evals.suites import loaders, multihop
+from evals.suites import closedbook, loaders, multihop
 from evals.suites import math as math_suite
 from rlvr.io import atomic_write_jsonl, read_jsonl
 
@@ -71,6 +71,14 @@ SUITES: dict[str, Suite] = {
         multihop.generate,
         _QA_REWARDS,
         "synthetic in-context multi-hop QA",
+    ),
+    "closedbook": Suite(
+        "closedbook",
+        "qa",
+        "qa_em",
+        closedbook.generate,
+        _QA_REWARDS,
+        "synthetic closed-book multi-hop QA over a fixed knowledge base",
     ),
     **{
         b.name: Suite(
