@@ -152,12 +152,10 @@ class Trainer:
             # filter on the verifier's rewards (as verl's DAPO recipe does), so groups that differ
             # only by a length penalty are not mistaken for mixed-reward groups
             keep = self.algo.filter_groups(rewards, gids)
-            (
-                raw_rewards.append(rewards),
-                all_gids.append(gids),
-                lengths.append(roll.lengths),
-                truncated.append(roll.truncated),
-            )
+            raw_rewards.append(rewards)
+            all_gids.append(gids)
+            lengths.append(roll.lengths)
+            truncated.append(roll.truncated)
             idx = keep.nonzero().squeeze(-1)
             if len(idx):
                 kept.append(Batch(select(roll, idx), gids[idx], shaped[idx]))
