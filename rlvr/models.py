@@ -66,36 +66,25 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _qwen2(spec: TinySpec, vocab: int, pad: int, eos: int) -> PretrainedConfig:
-    return Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=spec.hidden_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_heads,
-        intermediate_size=spec.intermediate_size,
-        max_position_embeddings=spec.max_positions,
-        tie_word_embeddings=True,
-        pad_token_id=pad,
-        eos_token_id=eos,
-        bos_token_id=eos,
-    )
+def _llama_like(config_cls: type[PretrainedConfig]):
+    """Qwen2 and Llama take the same config fields (RMSNorm, RoPE, SwiGLU decoder)."""
 
+    def build(spec: TinySpec, vocab: int, pad: int, eos: int) -> PretrainedConfig:
+        return config_cls(
+            vocab_size=vocab,
+            hidden_size=spec.hidden_size,
+            num_hidden_layers=spec.num_layers,
+            num_attention_heads=spec.num_heads,
+            num_key_value_heads=spec.num_heads,
+            intermediate_size=spec.intermediate_size,
+            max_position_embeddings=spec.max_positions,
+            tie_word_embeddings=True,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            bos_token_id=eos,
+        )
 
-def _llama(spec: TinySpec, vocab: int, pad: int, eos: int) -> PretrainedConfig:
-    return LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=spec.hidden_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_heads,
-        intermediate_size=spec.intermediate_size,
-        max_position_embeddings=spec.max_positions,
-        tie_word_embeddings=True,
-        pad_token_id=pad,
-        eos_token_id=eos,
-        bos_token_id=eos,
-    )
+    return build
 
 
 def _gpt2(spec: TinySpec, vocab: int, pad: int, eos: int) -> PretrainedConfig:
@@ -118,8 +107,8 @@ def _gpt2(spec: TinySpec, vocab: int, pad: int, eos: int) -> PretrainedConfig:
 
 
 FAMILIES: dict[str, Callable[[TinySpec, int, int, int], PretrainedConfig]] = {
-    "qwen2": _qwen2,
-    "llama": _llama,
+    "qwen2": _llama_like(Qwen2Config),
+    "llama": _llama_like(LlamaConfig),
     "gpt2": _gpt2,
 }
 
