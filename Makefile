@@ -33,7 +33,7 @@ test: setup
 
 bench: setup
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
-	$(PY) -m rlvr.bench
+	$(VENV)/bin/rlvr bench
 
 lint: setup
 	$(PY) -m ruff check .

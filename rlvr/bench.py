@@ -170,7 +170,7 @@ def main(repeats: int = 2, out_md: str | None = "results/perf.md") -> str:
     lines = [
         "# Step benchmark: rlvr-bench loop vs TRL GRPOTrainer",
         "",
-        f"Produced by `python -m rlvr.bench` (what `make bench` runs) at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Produced by `rlvr bench` (what `make bench` runs) at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         f"Setting: tiny {s['family']} ({n_params / 1e6:.2f} M params, random init), {s['prompts']} prompts × "
         f"{s['group']} completions, {s['new_tokens']} new tokens, AdamW lr {s['lr']}, one update per batch, "
         f"{s['threads']} threads, CPU, no vLLM. TRL without gradient checkpointing (its faster setting). "

@@ -4,6 +4,8 @@
     rlvr sft   --config RUN.yaml [key.sub=value ...]
     rlvr train --config RUN.yaml [key.sub=value ...]
     rlvr eval  --config RUN.yaml [key.sub=value ...]   (eval.checkpoint, eval.suites, eval.k, ...)
+    rlvr aggregate --runs runs --experiment NAME --out results
+    rlvr bench [--repeats 2]                             (make bench; needs the bench extra)
 """
 
 from __future__ import annotations
@@ -63,8 +65,20 @@ def _cmd_aggregate(args) -> None:
     print(f"aggregate: wrote {len(written)} files to {args.out}")
 
 
-COMMANDS = {"data": _cmd_data, "sft": _cmd_sft, "train": _cmd_train, "eval": _cmd_eval,
-            "aggregate": _cmd_aggregate}
+def _cmd_bench(args) -> None:
+    from rlvr.bench import main as bench
+
+    bench(repeats=args.repeats, out_md=args.out)
+
+
+COMMANDS = {
+    "data": _cmd_data,
+    "sft": _cmd_sft,
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "aggregate": _cmd_aggregate,
+    "bench": _cmd_bench,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--experiment", default=None)
     agg.add_argument("--out", default="results")
     agg.add_argument("--config-name", default="config/default.yaml", help="the DAG config, for the header")
+    bench = sub.add_parser("bench", help="step benchmark against TRL's GRPOTrainer (needs the bench extra)")
+    bench.add_argument("--repeats", type=int, default=2, help="alternating runs per side")
+    bench.add_argument("--out", default="results/perf.md")
     return parser
 
 
