@@ -26,24 +26,24 @@ pytestmark = pytest.mark.slow
 EXT = Path(__file__).parent / "ext_algo_example.py"
 
 
+def run_train(base: Path, data: Path, out: Path, *extra: str) -> dict:
+    """One in-process RL run from the SFT base on the math suite; returns its status."""
+    return train(load_config(None, run_overrides(base, data, out, *extra)))
+
+
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "dapo", "wapo"])
 def test_each_algorithm_runs_two_steps(sft_base, math_data, tmp_path, algo):
-    status = train(
-        load_config(
-            None,
-            run_overrides(
-                sft_base,
-                math_data,
-                tmp_path,
-                f"algorithm.name={algo}",
-                "train.steps=2",
-                "rollout.prompts_per_step=8",
-            ),
-        )
+    status = run_train(
+        sft_base,
+        math_data,
+        tmp_path,
+        f"algorithm.name={algo}",
+        "train.steps=2",
+        "rollout.prompts_per_step=8",
     )
     assert status["state"] == "completed" and status["step"] == 2
     rows = metrics(tmp_path)
@@ -126,19 +126,14 @@ def test_micro_batching_keeps_the_gradient(sft_base, math_data, tmp_path, algo):
     rows = {}
     for micro in (64, 8):
         out = tmp_path / f"micro{micro}"
-        train(
-            load_config(
-                None,
-                run_overrides(
-                    sft_base,
-                    math_data,
-                    out,
-                    f"algorithm.name={algo}",
-                    "train.steps=1",
-                    "rollout.prompts_per_step=8",
-                    f"train.micro_batch_size={micro}",
-                ),
-            )
+        run_train(
+            sft_base,
+            math_data,
+            out,
+            f"algorithm.name={algo}",
+            "train.steps=1",
+            "rollout.prompts_per_step=8",
+            f"train.micro_batch_size={micro}",
         )
         rows[micro] = metrics(out)[0]
     assert rows[8]["rollout/reward_mean"] == rows[64]["rollout/reward_mean"]
@@ -146,19 +141,14 @@ def test_micro_batching_keeps_the_gradient(sft_base, math_data, tmp_path, algo):
 
 
 def test_external_algorithm_through_config_alone(sft_base, math_data, tmp_path):
-    status = train(
-        load_config(
-            None,
-            run_overrides(
-                sft_base,
-                math_data,
-                tmp_path,
-                f"algorithm.modules=[{EXT}]",
-                "algorithm.name=rloo_example",
-                "train.steps=1",
-                "rollout.prompts_per_step=4",
-            ),
-        )
+    status = run_train(
+        sft_base,
+        math_data,
+        tmp_path,
+        f"algorithm.modules=[{EXT}]",
+        "algorithm.name=rloo_example",
+        "train.steps=1",
+        "rollout.prompts_per_step=4",
     )
     assert status["state"] == "completed"
     assert "rloo_example" in (tmp_path / "config.yaml").read_text()
@@ -173,20 +163,15 @@ def test_bad_config_fails_before_compute(tmp_path):
 
 
 def test_high_learning_rate_is_marked_collapsed_not_crashed(sft_base, math_data, tmp_path):
-    status = train(
-        load_config(
-            None,
-            run_overrides(
-                sft_base,
-                math_data,
-                tmp_path,
-                "train.lr=0.03",
-                "train.steps=25",
-                "rollout.prompts_per_step=8",
-                "collapse.patience=2",
-                "collapse.window=2",
-            ),
-        )
+    status = run_train(
+        sft_base,
+        math_data,
+        tmp_path,
+        "train.lr=0.03",
+        "train.steps=25",
+        "rollout.prompts_per_step=8",
+        "collapse.patience=2",
+        "collapse.window=2",
     )
     assert status["state"] == "collapsed", status
     assert status["step"] < 25 and status["reason"]
@@ -195,20 +180,15 @@ def test_high_learning_rate_is_marked_collapsed_not_crashed(sft_base, math_data,
 
 def test_non_finite_loss_skips_updates_then_collapses(sft_base, math_data, tmp_path):
     nan_algo = Path(__file__).parent / "nan_algo.py"
-    status = train(
-        load_config(
-            None,
-            run_overrides(
-                sft_base,
-                math_data,
-                tmp_path,
-                f"algorithm.modules=[{nan_algo}]",
-                "algorithm.name=nan_loss_test",
-                "train.steps=10",
-                "rollout.prompts_per_step=4",
-                "collapse.max_nonfinite=3",
-            ),
-        )
+    status = run_train(
+        sft_base,
+        math_data,
+        tmp_path,
+        f"algorithm.modules=[{nan_algo}]",
+        "algorithm.name=nan_loss_test",
+        "train.steps=10",
+        "rollout.prompts_per_step=4",
+        "collapse.max_nonfinite=3",
     )
     assert (
         status["state"] == "collapsed" and status["step"] == 3 and "non-finite" in status["reason"]
