@@ -32,7 +32,7 @@ def build_base(cfg: RunConfig):
     raise ValueError("rlvr sft needs model.family (a tiny model) or model.name_or_path")
 
 
-def encode_examples(tok, records, eos: str) -> list[tuple[list[int], int]]:
+def encode_examples(tok, records) -> list[tuple[list[int], int]]:
     """(ids of prompt + solution + EOS, number of prompt tokens) per record."""
     out = []
     for r in records:
@@ -78,7 +78,7 @@ def sft(cfg: RunConfig) -> dict:
     records = load_records(cfg.data.train)
     reward_fn = get_reward(cfg.data.reward or get_suite(cfg.data.suite).reward)
     model, tok = build_base(cfg)
-    examples = encode_examples(tok, records, tok.eos_token)
+    examples = encode_examples(tok, records)
     gen = torch.Generator().manual_seed(cfg.seed)
     eval_records = [
         records[i]

@@ -18,7 +18,7 @@ import torch
 
 import algorithms
 from evals.schema import Record
-from evals.suites import load_records
+from evals.suites import get_suite, load_records
 from evals.verifiers import get_reward
 from rlvr.config import RunConfig
 from rlvr.models import load_model_and_tokenizer
@@ -105,7 +105,7 @@ class Trainer:
             max_prompt_len=cfg.rollout.max_prompt_len,
         )
         self.records: list[Record] = load_records(cfg.data.train)
-        self.reward_fn = get_reward(cfg.data.reward or _suite_reward(cfg.data.suite))
+        self.reward_fn = get_reward(cfg.data.reward or get_suite(cfg.data.suite).reward)
         if not cfg.model.name_or_path:
             raise ValueError(
                 "model.name_or_path is required for `rlvr train` (an HF id or a checkpoint dir)"
@@ -431,12 +431,6 @@ class Trainer:
         save_hf(model, self.tok, tmp)
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
-
-
-def _suite_reward(suite: str) -> str:
-    from evals.suites import get_suite
-
-    return get_suite(suite).reward
 
 
 def _progress(total: int, initial: int, enabled: bool):
