@@ -71,7 +71,11 @@ class VllmConfig(Section):
 
 
 class RolloutConfig(Section):
-    engine: Literal["hf", "vllm"] = Field("hf", description="hf (CPU default) or vllm (GPU).")
+    engine: Literal["auto", "native", "hf", "vllm"] = Field(
+        "auto",
+        description="native (rlvr's KV-cached CPU decoder, Llama/Qwen2), hf (transformers "
+        "generate, any model), vllm (GPU); auto = native where it applies, else hf.",
+    )
     prompts_per_step: int = Field(16, ge=1, description="P: prompts drawn per RL step.")
     group_size: int = Field(8, ge=1, description="G: completions sampled per prompt.")
     max_new_tokens: int = Field(40, ge=1, description="Generation budget L.")
@@ -96,8 +100,11 @@ class TrainConfig(Section):
         "fp32", description="bf16 autocast is opt-in, never a silent default."
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
-    entropy_delta: bool = Field(
-        True, description="Re-measure entropy on the same batch after the update (one forward)."
+    entropy_delta_every: int = Field(
+        5,
+        ge=0,
+        description="Every N steps (from the first), re-measure entropy on the same batch after "
+        "the update: actor/entropy_delta, one extra forward. 0 = never.",
     )
 
 

@@ -1,7 +1,8 @@
 """Rollout engines behind one interface: sample G completions per prompt with their log-probs.
 
-`hf` (transformers generate with a KV cache, the CPU default) lives here; `vllm` (GPU) lives in
-rlvr/vllm_engine.py and is imported only when selected.
+`hf` (transformers generate with a KV cache) lives here; `native` (rlvr's own KV-cached decoder
+for Llama/Qwen2, the fast CPU path) in rlvr/native_engine.py; `vllm` (GPU) in rlvr/vllm_engine.py,
+imported only when selected. `auto` (the default) is native where it applies, else hf.
 """
 
 from __future__ import annotations
@@ -104,18 +105,30 @@ class HFRolloutEngine:
         # scores are the processed logits (temperature, top-p) the sampler drew from
         scores = torch.stack(out.scores, dim=1).float()
         sampling_logp = F.log_softmax(scores, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
-        cmask, truncated = completion_mask_from_ids(completion, self.tok.eos_token_id)
-        sampling_logp = torch.where(cmask.bool(), sampling_logp, torch.zeros_like(sampling_logp))
-        texts = self.tok.batch_decode(
-            completion * cmask.long() + self.tok.pad_token_id * (1 - cmask.long()),
-            skip_special_tokens=True,
-        )
-        return Rollouts(ids, mask, completion, cmask, sampling_logp, truncated, texts)
+        return make_rollouts(self.tok, ids, mask, completion, sampling_logp)
+
+
+def make_rollouts(tok, ids, mask, completion, sampling_logp) -> Rollouts:
+    """Mask everything after each row's first EOS and decode the completions."""
+    cmask, truncated = completion_mask_from_ids(completion, tok.eos_token_id)
+    sampling_logp = torch.where(cmask.bool(), sampling_logp, torch.zeros_like(sampling_logp))
+    texts = tok.batch_decode(
+        completion * cmask.long() + tok.pad_token_id * (1 - cmask.long()),
+        skip_special_tokens=True,
+    )
+    return Rollouts(ids, mask, completion, cmask, sampling_logp, truncated, texts)
 
 
 def make_rollout_engine(cfg: RolloutConfig, model, tok, policy=None, **kwargs) -> RolloutEngine:
-    if cfg.engine == "hf":
-        return HFRolloutEngine(model, tok, cfg, autocast_bf16=bool(policy and policy.autocast))
+    """`auto`: the native decoder when it supports the model, else transformers generate."""
+    bf16 = bool(policy and policy.autocast)
+    if cfg.engine in ("auto", "native"):
+        from rlvr.native_engine import NativeRolloutEngine, unsupported_reason
+
+        if cfg.engine == "native" or unsupported_reason(model) is None:
+            return NativeRolloutEngine(model, tok, cfg, bf16=bf16)
+    if cfg.engine in ("auto", "hf"):
+        return HFRolloutEngine(model, tok, cfg, autocast_bf16=bf16)
     from rlvr.vllm_engine import VLLMRolloutEngine  # GPU only; imports vllm
 
     return VLLMRolloutEngine(model, tok, cfg, policy=policy, **kwargs)

@@ -293,7 +293,8 @@ class Trainer:
             diff = (r.sampling_logp - before["logp"]).abs() * mask
             metrics["rollout/logp_diff_mean"] = float(diff.sum() / mask.sum().clamp(min=1))
             metrics["rollout/logp_diff_max"] = float(diff.max())
-            if self.cfg.train.entropy_delta:
+            every = self.cfg.train.entropy_delta_every
+            if every and self.step % every == 0:
                 after = self.measure(batch)
                 metrics["actor/entropy_delta"] = float(
                     (after["entropy"] * mask).sum() / mask.sum().clamp(min=1) - ent0
