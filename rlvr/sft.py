@@ -18,7 +18,7 @@ from evals.verifiers import get_reward
 from rlvr.config import RunConfig
 from rlvr.io import atomic_write_json
 from rlvr.models import TinySpec, build_tiny_model, load_model_and_tokenizer, save_checkpoint
-from rlvr.rollout import HFRolloutEngine
+from rlvr.rollout import make_rollout_engine
 from rlvr.run_state import seed_everything
 
 
@@ -61,7 +61,11 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int):
 
 @torch.no_grad()
 def sampled_accuracy(model, tok, cfg: RunConfig, records, reward_fn, seed: int) -> float:
-    engine = HFRolloutEngine(model, tok, cfg.rollout)
+    # SFT warm-starts tiny models on CPU: sample with a CPU engine (native where it applies)
+    rollout = cfg.rollout
+    if rollout.engine == "vllm":
+        rollout = rollout.model_copy(update={"engine": "auto"})
+    engine = make_rollout_engine(rollout, model, tok)
     rewards = []
     for i in range(0, len(records), 64):
         chunk = records[i : i + 64]
