@@ -545,9 +545,10 @@ def _csv(frame: pd.DataFrame) -> str:
 
 def aggregate(
     runs_root: Path, out_dir: Path = Path("results"), *, command: str, config_name: str,
-    experiment: str | None = None,
+    experiment: str | None = None, manifest: Path | None = None,
 ) -> dict[str, Path]:
-    """Write leaderboard.{md,csv}, stability.{md,csv} and figures/*.png for one experiment.
+    """Write leaderboard.{md,csv}, stability.{md,csv} and figures/*.png for one experiment, and
+    optionally a JSON manifest of what was aggregated (run, state, eval files) at `manifest`.
 
     Returns {name relative to out_dir: path} of every file written. Raises ValueError (one line,
     naming runs_root) when there are no runs at all."""
@@ -571,4 +572,12 @@ def aggregate(
     for rel, text in texts.items():
         atomic_write_text(out_dir / rel, text)
         written[rel] = out_dir / rel
-    return written | write_figures(runs, out_dir)
+    written |= write_figures(runs, out_dir)
+    if manifest is not None:
+        atomic_write_text(manifest, json.dumps({
+            "experiment": name, "command": command, "config": config_name, "commit": git_commit(),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "runs": {r.name: {"state": r.state, "evals": sorted(r.evals)} for r in runs},
+            "files": sorted(str(p) for p in written.values()),
+        }, indent=1) + "\n")
+    return written

@@ -61,7 +61,8 @@ def _cmd_aggregate(args) -> None:
     from rlvr.aggregate import aggregate
 
     written = aggregate(Path(args.runs), Path(args.out), command="rlvr " + " ".join(sys.argv[1:]),
-                        config_name=args.config_name, experiment=args.experiment)
+                        config_name=args.config_name, experiment=args.experiment,
+                        manifest=Path(args.manifest) if args.manifest else None)
     print(f"aggregate: wrote {len(written)} files to {args.out}")
 
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--experiment", default=None)
     agg.add_argument("--out", default="results")
     agg.add_argument("--config-name", default="config/default.yaml", help="the DAG config, for the header")
+    agg.add_argument("--manifest", default=None, help="also write a JSON list of what was aggregated here")
     bench = sub.add_parser("bench", help="step benchmark against TRL's GRPOTrainer (needs the bench extra)")
     bench.add_argument("--repeats", type=int, default=2, help="alternating runs per side")
     bench.add_argument("--out", default="results/perf.md")

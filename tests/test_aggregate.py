@@ -92,8 +92,19 @@ def results(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(agg, "git_commit", lambda: "abc1234")
         written = agg.aggregate(build_tree(tmp), tmp / "results", command=COMMAND,
-                                config_name="config/test.yaml", experiment="exp")
+                                config_name="config/test.yaml", experiment="exp",
+                                manifest=tmp / "runs" / "exp" / "aggregated.json")
     return tmp / "results", written
+
+
+def test_manifest_lists_what_was_aggregated(results):
+    out, written = results
+    manifest = json.loads((out.parent / "runs" / "exp" / "aggregated.json").read_text())
+    assert manifest["experiment"] == "exp" and manifest["commit"] == "abc1234"
+    assert manifest["files"] == sorted(str(p) for p in written.values())
+    runs = manifest["runs"]
+    assert all(r["state"] in ("base", "completed", "collapsed", "failed", "incomplete") for r in runs.values())
+    assert any(name.endswith("/seed0") and r["evals"] for name, r in runs.items())
 
 
 def board_row(out: Path, **where) -> pd.Series:

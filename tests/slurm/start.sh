@@ -32,6 +32,10 @@ DefMemPerCPU=500
 MpiDefault=none
 ReturnToService=2
 MinJobAge=300
+# Clients give up on an unreachable controller after ~MessageTimeout-1 s (default 10: 9 s). The
+# Slurm executor plugin runs `scontrol show config` whenever snakemake starts, so once this test's
+# daemons are stopped every local `make run` would otherwise wait 9 s for it.
+MessageTimeout=5
 SchedulerType=sched/backfill
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool

@@ -7,6 +7,9 @@ rule aggregate:
         leaderboard_csv=f"{RESULTS}/leaderboard.csv",
         stability=f"{RESULTS}/stability.md",
         stability_csv=f"{RESULTS}/stability.csv",
+        # results/ is committed, runs/ is not: this untracked output is what makes `make run` on a
+        # fresh clone rebuild the whole DAG instead of trusting the committed tables
+        manifest=f"runs/{EXP}/aggregated.json",
         figures=expand(f"{RESULTS}/figures/{{suite}}_{{metric}}.png", suite=SUITES, metric=["entropy", "reward", "grad_norm"]),
     params:
         runs="runs",
@@ -16,4 +19,4 @@ rule aggregate:
     log:
         f"logs/{EXP}/aggregate.log",
     shell:
-        "rlvr aggregate --runs {params.runs} --out {params.out} --experiment {params.exp} --config-name {params.config_name} > {log} 2>&1"
+        "rlvr aggregate --runs {params.runs} --out {params.out} --experiment {params.exp} --config-name {params.config_name} --manifest {output.manifest} > {log} 2>&1"
