@@ -186,17 +186,28 @@ class Trainer:
 
     # ---- update --------------------------------------------------------------------------
     def score(self, model, r: Rollouts, idx: torch.Tensor, with_stats: bool) -> dict:
-        return self.policy.score(
+        """Score rows `idx` with the padding columns they all share cut off (left of the prompts,
+        right of the completions), then pad the per-token outputs back to the batch width."""
+        prompt_mask, completion_mask = r.prompt_mask[idx], r.completion_mask[idx]
+        P = max(int(prompt_mask.sum(-1).max()), 1)
+        T = max(int(completion_mask.sum(-1).max()), 1)
+        out = self.policy.score(
             model,
-            r.prompt_ids[idx],
-            r.prompt_mask[idx],
-            r.completion_ids[idx],
-            r.completion_mask[idx],
+            r.prompt_ids[idx][:, -P:],
+            prompt_mask[:, -P:],
+            r.completion_ids[idx][:, :T],
+            completion_mask[:, :T],
             self.cfg.rollout.temperature,
             with_stats,
         )
+        width = r.completion_ids.shape[1]
+        return {k: torch.nn.functional.pad(v, (0, width - T)) for k, v in out.items()}
 
-    def micro_batches(self, idx: torch.Tensor) -> list[torch.Tensor]:
+    def micro_batches(self, idx: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Split rows `idx` into micro-batches of similar completion `lengths` (indexed by row), so
+        each carries little padding; the loss normaliser is per mini-batch, so the gradient is
+        the same for any split."""
+        idx = idx[torch.sort(lengths[idx], stable=True).indices]
         return list(idx.split(min(self.cfg.train.micro_batch_size, len(idx))))
 
     @torch.no_grad()
@@ -205,7 +216,7 @@ class Trainer:
         model = model or self.policy.module
         parts = [
             self.score(model, batch.rollouts, i, True)
-            for i in self.micro_batches(torch.arange(len(batch.rewards)))
+            for i in self.micro_batches(torch.arange(len(batch.rewards)), batch.rollouts.lengths)
         ]
         return {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
 
@@ -232,7 +243,7 @@ class Trainer:
                 normalizer = self.algo.loss_normalizer(batch.adv[mb], mask[mb], batch.group_ids[mb])
                 self.policy.zero_grad()
                 finite = True
-                for micro in self.micro_batches(mb):
+                for micro in self.micro_batches(mb, r.lengths):
                     out = self.score(self.policy.engine, r, micro, with_stats=on_policy)
                     old = out["logp"].detach() if on_policy else before["logp"][micro]
                     if on_policy:

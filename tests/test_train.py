@@ -140,6 +140,33 @@ def test_micro_batching_keeps_the_gradient(sft_base, math_data, tmp_path, algo):
     assert rows[8]["actor/grad_norm"] == pytest.approx(rows[64]["actor/grad_norm"], rel=1e-5)
 
 
+def test_trimmed_micro_batches_score_like_the_full_batch(sft_base, math_data, tmp_path):
+    """Micro-batches group rows of similar length and drop their shared padding; the per-token
+    log-probs equal a forward over the full padded width."""
+    from rlvr.train import Trainer
+
+    trainer = Trainer(load_config(None, run_overrides(
+        sft_base, math_data, tmp_path, "rollout.prompts_per_step=8", "train.micro_batch_size=8",
+    )))  # fmt: skip
+    batch, _ = trainer.collect()
+    r = batch.rollouts
+    parts = trainer.micro_batches(torch.arange(len(r.texts)), r.lengths)
+    assert sorted(torch.cat(parts).tolist()) == list(range(len(r.texts)))
+    assert [r.lengths[p].max() <= r.lengths[q].min() for p, q in zip(parts, parts[1:])] == [True] * (len(parts) - 1)
+    shortest = parts[0]
+    assert r.lengths[shortest].max() < r.completion_ids.shape[1], "the seed should give a trimmable micro-batch"
+    model = trainer.policy.module
+    with torch.no_grad():
+        trimmed = trainer.score(model, r, shortest, with_stats=True)
+        full = trainer.policy.score(model, r.prompt_ids[shortest], r.prompt_mask[shortest],
+                                    r.completion_ids[shortest], r.completion_mask[shortest], 1.0, True)
+    mask = r.completion_mask[shortest]
+    for key in ("logp", "entropy"):
+        assert trimmed[key].shape == full[key].shape
+        torch.testing.assert_close(trimmed[key] * mask, full[key] * mask, rtol=0, atol=1e-5)
+    assert (trimmed["logp"][:, int(r.lengths[shortest].max()):] == 0).all()
+
+
 def test_external_algorithm_through_config_alone(sft_base, math_data, tmp_path):
     status = run_train(
         sft_base,
