@@ -142,7 +142,11 @@ class EvalConfig(Section):
     out: str | None = Field(
         None, description="Where <suite>.json files go (default: <output_dir>/eval)."
     )
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Literal["auto", "native", "hf", "vllm"] = Field(
+        "auto",
+        description="lm-eval model: hf (HFLM, transformers generate), native (HFLM generating "
+        "with rlvr's native decoder, Llama/Qwen2), vllm (GPU); auto = native where it applies.",
+    )
     k: int = Field(4, ge=1, description="Samples per prompt for avg@k and pass@k.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for avg@k / pass@k.")
     top_p: float = Field(1.0, gt=0, le=1)

@@ -171,19 +171,33 @@ def _eos_token(checkpoint: Path) -> str | None:
 
 
 def _load_lm(cfg: RunConfig, checkpoint: Path):
-    """The lm-eval model for eval.backend."""
+    """The lm-eval model for eval.backend (auto: native where the decoder supports the model,
+    else hf); its `rlvr_backend` attribute names the backend used."""
     if cfg.eval.backend == "vllm":
-        return _load_vllm(cfg, checkpoint)
+        lm = _load_vllm(cfg, checkpoint)
+        lm.rlvr_backend = "vllm"
+        return lm
     import torch
     from lm_eval.models.huggingface import HFLM
 
     from rlvr.models import load_model_and_tokenizer
+    from rlvr.native_engine import unsupported_reason
 
     if cfg.train.threads:  # the same CPU thread budget as the run's other stages
         torch.set_num_threads(cfg.train.threads)
     model, tok = load_model_and_tokenizer(checkpoint)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    return HFLM(pretrained=model, tokenizer=tok, batch_size=cfg.eval.batch_size)
+    native = cfg.eval.backend == "native" or (
+        cfg.eval.backend == "auto" and unsupported_reason(model) is None
+    )
+    if native:
+        from rlvr.lm_eval_native import NativeHFLM
+
+        lm = NativeHFLM(pretrained=model, tokenizer=tok, batch_size=cfg.eval.batch_size)
+    else:
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=cfg.eval.batch_size)
+    lm.rlvr_backend = "native" if native else "hf"
+    return lm
 
 
 def _load_vllm(cfg: RunConfig, checkpoint: Path):  # pragma: no cover - needs a GPU and vllm
@@ -253,7 +267,7 @@ def _evaluate_suite(cfg: RunConfig, lm, tasks: SuiteTasks, checkpoint: Path) -> 
         "max_new_tokens": _max_new_tokens(cfg),
         "seed": cfg.seed,
         "seeds": seeds,
-        "backend": e.backend,
+        "backend": getattr(lm, "rlvr_backend", e.backend),
         "lm_eval_version": lm_eval.__version__,
         "task_config_sha256": tasks.config_sha256,
         "data": tasks.data.source,

@@ -53,7 +53,7 @@ def sample_tokens(logits: torch.Tensor, top_p: float) -> tuple[torch.Tensor, tor
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
     logp = F.log_softmax(logits, -1)
     cdf = logp.exp().cumsum(-1)
-    u = torch.rand(len(cdf), 1) * cdf[:, -1:]
+    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
     tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1).squeeze(-1)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
@@ -65,8 +65,8 @@ class NativeRolloutEngine:
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(
-                f"rollout.engine=native cannot run this model: {reason}; use rollout.engine=hf "
-                "(or auto, which falls back to it)"
+                f"the native decoder cannot run this model: {reason}; use rollout.engine=hf / "
+                "eval.backend=hf (auto falls back to hf by itself)"
             )
         self.model, self.tok, self.cfg = model, tok, cfg
         # train.precision=bf16: bf16 copies of the projection weights; norms, RoPE, attention and
@@ -148,18 +148,32 @@ class NativeRolloutEngine:
         ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len)
         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
         torch.manual_seed(seed)
+        dev = self.model.device
+        tokens, logps = self.decode(
+            ids.to(dev), mask.to(dev), self.cfg.max_new_tokens, self.cfg.temperature, self.cfg.top_p
+        )
+        return make_rollouts(self.tok, ids, mask, tokens.cpu(), logps.cpu())
+
+    @torch.no_grad()
+    def decode(
+        self, ids, mask, max_new_tokens: int, temperature: float, top_p: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Continue left-padded `ids` by up to max_new_tokens; temperature 0 is greedy. Returns
+        (tokens [N, T], their log-probs); a row that emitted EOS continues with padding, and
+        decoding stops early once every row has. Samples from torch's global RNG."""
         N, P = ids.shape
-        T, L = self.cfg.max_new_tokens, len(self.model.model.layers)
+        T, L = max_new_tokens, len(self.model.model.layers)
         layers, embed, rotary = self._weights(), self.model.model.embed_tokens, self.model.model.rotary_emb
-        K = torch.zeros(L, N, self.n_kv, P + T, self.head_dim)  # fp32: attention is cheap here
+        dev = ids.device
+        K = torch.zeros(L, N, self.n_kv, P + T, self.head_dim, device=dev)  # fp32: cheap here
         V = torch.zeros_like(K)
         # keys a query may see: real prompt tokens and every generated slot (filled in order)
-        key_bias = torch.zeros(N, 1, 1, P + T)
+        key_bias = torch.zeros(N, 1, 1, P + T, device=dev)
         key_bias[:, 0, 0, :P].masked_fill_(mask == 0, float("-inf"))
-        causal = torch.ones(P, P, dtype=torch.bool).tril()
+        causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
         prompt_bias = key_bias[:, :, :, :P].expand(N, 1, P, P).masked_fill(~causal, float("-inf"))
         # a padding query sees only itself, so its (unused) row is finite instead of NaN
-        prompt_bias = prompt_bias.masked_fill(torch.eye(P, dtype=torch.bool), 0.0)
+        prompt_bias = prompt_bias.masked_fill(torch.eye(P, dtype=torch.bool, device=dev), 0.0)
 
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         x = embed(ids).float()
@@ -167,10 +181,14 @@ class NativeRolloutEngine:
         hidden = self._forward(x, cos, sin, layers, K, V, 0, prompt_bias)
         logits = self._logits(hidden[:, -1])
         next_pos = pos[:, -1:] + 1
-        done = torch.zeros(N, dtype=torch.bool)
+        done = torch.zeros(N, dtype=torch.bool, device=dev)
         tokens, logps = [], []
         for t in range(T):
-            tok, logp = sample_tokens(logits / self.cfg.temperature, self.cfg.top_p)
+            if temperature == 0:
+                tok = logits.argmax(-1)
+                logp = F.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
+            else:
+                tok, logp = sample_tokens(logits / temperature, top_p)
             tok = tok.masked_fill(done, self.tok.pad_token_id)  # finished rows emit padding
             tokens.append(tok)
             logps.append(logp)
@@ -182,7 +200,7 @@ class NativeRolloutEngine:
             hidden = self._forward(x, cos, sin, layers, K, V, P + t, key_bias[..., : P + t + 1])
             logits = self._logits(hidden[:, -1])
             next_pos = next_pos + 1
-        return make_rollouts(self.tok, ids, mask, torch.stack(tokens, 1), torch.stack(logps, 1))
+        return torch.stack(tokens, 1), torch.stack(logps, 1)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -348,7 +348,7 @@ def test_evaluate_a_tiny_checkpoint_on_the_shipped_suites(tmp_path, shipped_data
         assert all(0.0 <= v <= 1.0 for v in result["metrics"].values())
         assert result["metrics"][f"avg@{3}"] <= result["metrics"]["pass@3"]
         assert (result["n"], result["k"], result["temperature"], result["backend"]) == (
-            8, 3, 1.0, "hf",
+            8, 3, 1.0, "native",  # eval.backend=auto on a Qwen2
         )  # fmt: skip
         assert result["max_new_tokens"] == 24 and result["prompts_truncated"] >= 0
         assert result["lm_eval_version"] == "0.4.13"
@@ -419,3 +419,27 @@ def test_evaluate_with_the_vllm_backend(tmp_path, shipped_data, tiny_checkpoints
     result = ev.evaluate(cfg)["math"]
     assert result["backend"] == "vllm" and result["n"] == 8
     assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in result["metrics"].values())
+
+
+@pytest.mark.slow
+def test_native_backend_greedy_equals_hf(tmp_path, shipped_data, tiny_checkpoints) -> None:
+    """The native decoder inside lm-eval: the same greedy completions as transformers generate,
+    and sampled scores from the same distribution (both within [0, 1], k samples each)."""
+    results = {}
+    for backend in ("hf", "native"):
+        cfg = eval_cfg(
+            tmp_path / backend, shipped_data, f"eval.checkpoint={tiny_checkpoints[1]}",
+            "eval.suites=[math]", "eval.limit=16", "eval.k=2", f"eval.backend={backend}",
+        )  # fmt: skip
+        results[backend] = ev.evaluate(cfg)["math"]
+        assert results[backend]["backend"] == backend
+    lm = {b: ev._load_lm(eval_cfg(tmp_path, shipped_data, f"eval.backend={b}"), tiny_checkpoints[1])
+          for b in ("hf", "native")}  # fmt: skip
+    from lm_eval.api.instance import Instance
+
+    prompts = [r.prompt for r in load_records(shipped_data["math"])[:12]]
+    reqs = [Instance("generate_until", {}, (p, {"until": ["<eos>"], "do_sample": False,
+                                                "max_gen_toks": 24}), i)
+            for i, p in enumerate(prompts)]  # fmt: skip
+    assert lm["native"].generate_until(reqs) == lm["hf"].generate_until(reqs)
+    assert results["native"]["metrics"]["pass@1"] == results["hf"]["metrics"]["pass@1"]

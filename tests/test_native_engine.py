@@ -125,7 +125,7 @@ def test_auto_picks_native_where_it_applies_and_hf_elsewhere():
     assert isinstance(make_rollout_engine(cfg, gpt2, tok), HFRolloutEngine)
     assert isinstance(make_rollout_engine(RolloutConfig(engine="hf"), qwen, tok), HFRolloutEngine)
     assert "gpt2" in unsupported_reason(gpt2)
-    with pytest.raises(ValueError, match="rollout.engine=native cannot run .*use rollout.engine=hf"):
+    with pytest.raises(ValueError, match="native decoder cannot run .*gpt2.*use rollout.engine=hf / eval.backend=hf"):
         make_rollout_engine(RolloutConfig(engine="native"), gpt2, tok)
 
 
