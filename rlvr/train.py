@@ -214,11 +214,10 @@ class Trainer:
     def measure(self, batch: Batch, model=None) -> dict[str, torch.Tensor]:
         """No-grad pass over the whole batch: log-probs, entropy, p(token), Σp²."""
         model = model or self.policy.module
-        parts = [
-            self.score(model, batch.rollouts, i, True)
-            for i in self.micro_batches(torch.arange(len(batch.rewards)), batch.rollouts.lengths)
-        ]
-        return {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
+        micro = self.micro_batches(torch.arange(len(batch.rewards)), batch.rollouts.lengths)
+        parts = [self.score(model, batch.rollouts, i, True) for i in micro]
+        order = torch.cat(micro).argsort()  # micro-batches are grouped by length: restore row order
+        return {k: torch.cat([p[k] for p in parts])[order].cpu() for k in parts[0]}
 
     def update(self, batch: Batch) -> dict:
         cfg, r = self.cfg.train, batch.rollouts

@@ -165,6 +165,13 @@ def test_trimmed_micro_batches_score_like_the_full_batch(sft_base, math_data, tm
         assert trimmed[key].shape == full[key].shape
         torch.testing.assert_close(trimmed[key] * mask, full[key] * mask, rtol=0, atol=1e-5)
     assert (trimmed["logp"][:, int(r.lengths[shortest].max()):] == 0).all()
+    # the whole-batch measurement comes back in row order, whatever the micro-batch grouping
+    with torch.no_grad():
+        every_row = trainer.policy.score(model, r.prompt_ids, r.prompt_mask, r.completion_ids,
+                                         r.completion_mask, 1.0, True)
+    measured = trainer.measure(batch)
+    torch.testing.assert_close(measured["logp"] * r.completion_mask,
+                               every_row["logp"] * r.completion_mask, rtol=0, atol=1e-5)
 
 
 def test_external_algorithm_through_config_alone(sft_base, math_data, tmp_path):
