@@ -103,8 +103,19 @@ def _trl(model: Path, data: Path, out: Path, precision: str) -> dict:
     tok = AutoTokenizer.from_pretrained(model)
     trainer = GRPOTrainer(model=str(model), reward_funcs=reward, args=args, train_dataset=dataset,
                           processing_class=tok, callbacks=[Timer()])
+    # TRL's rollout phase (generate + rewards + advantages), timed like our perf/rollout_s
+    rollout_times, generate_and_score = [], trainer._generate_and_score_completions
+
+    def timed(batch):
+        t0 = time.perf_counter()
+        out = generate_and_score(batch)
+        rollout_times.append(time.perf_counter() - t0)
+        return out
+
+    trainer._generate_and_score_completions = timed
     trainer.train()
-    return {"step_s": times, "completion_tokens": lengths}
+    return {"step_s": times, "completion_tokens": lengths, "rollout_s": rollout_times,
+            "update_s": [t - r for t, r in zip(times, rollout_times, strict=True)]}
 
 
 def child(side: str, model: str, data: str, out: str, precision: str) -> None:
@@ -141,12 +152,12 @@ def summarize(runs: list[dict]) -> dict:
     w = SETTINGS["warmup"]
     steps = [t for r in runs for t in r["step_s"][w:]]
     toks = [t for r in runs for t in r["completion_tokens"][w:]]
-    out = {"step_s": statistics.median(steps), "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-           "completion_tokens": statistics.mean(toks) if toks else float("nan")}
-    if "rollout_s" in runs[0]:
-        out["rollout_s"] = statistics.median(t for r in runs for t in r["rollout_s"][w:])
-        out["update_s"] = statistics.median(t for r in runs for t in r["update_s"][w:])
-    return out
+    return {
+        "step_s": statistics.median(steps), "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "completion_tokens": statistics.mean(toks) if toks else float("nan"),
+        "rollout_s": statistics.median(t for r in runs for t in r["rollout_s"][w:]),
+        "update_s": statistics.median(t for r in runs for t in r["update_s"][w:]),
+    }
 
 
 def main(repeats: int = 2, out_md: str | None = "results/perf.md") -> str:
@@ -177,20 +188,20 @@ def main(repeats: int = 2, out_md: str | None = "results/perf.md") -> str:
         f"{s['threads']} threads, CPU, no vLLM. TRL without gradient checkpointing and with eager "
         "attention (its faster settings on this machine; SDPA measured 0.44 s fp32 / 0.49 s bf16 "
         "vs eager 0.42 / 0.40). Ours: rollout.engine=auto (the native decoder for this Qwen2), "
-        "train.entropy_delta_every=0 (a diagnostic forward TRL has no counterpart for). "
+        "train.entropy_delta_every=0 (a diagnostic forward TRL has no counterpart for). bf16 is "
+        "autocast on both sides (ours also samples with bf16 copies of the projection weights). "
+        "Rollout = generation + rewards + advantages; update = the rest of the step. "
         f"Median over steps {s['warmup'] + 1}–{s['steps']} of {repeats} alternating runs per side.",
         "",
         "| side | precision | step s (median) | rollout s | update s | rollout tok/s | update tok/s | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (side, precision), r in sorted(summary.items()):
-        ro, up = r.get("rollout_s"), r.get("update_s")
+        ro, up = r["rollout_s"], r["update_s"]
         trained = r["completion_tokens"] + prompt_tokens
         cells = [
-            side, precision, f"{r['step_s']:.3f}",
-            "—" if ro is None else f"{ro:.3f}", "—" if up is None else f"{up:.3f}",
-            "—" if ro is None else f"{r['completion_tokens'] / ro:.0f}",
-            "—" if up is None else f"{trained / up:.0f}", f"{r['peak_rss_mb']:.0f}",
+            side, precision, f"{r['step_s']:.3f}", f"{ro:.3f}", f"{up:.3f}",
+            f"{r['completion_tokens'] / ro:.0f}", f"{trained / up:.0f}", f"{r['peak_rss_mb']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| comparison | ratio ours/TRL (step time) |", "|---|---|"]

@@ -126,8 +126,7 @@ class NativeRolloutEngine:
             if S == 1:  # grouped-query attention without repeating K/V: [N, KV, H/KV, D] queries
                 q = q.reshape(N, KV, H // KV, D)
                 scores = q @ K[i, :, :, :end].transpose(-1, -2) * D**-0.5 + attn_bias
-                att = (scores.softmax(-1) @ V[i, :, :, :end]).reshape(N, H * D)
-                att = att.view(N, 1, H * D)
+                att = (scores.softmax(-1) @ V[i, :, :, :end]).reshape(N, 1, H * D)
             else:
                 att = F.scaled_dot_product_attention(
                     q, K[i, :, :, :end], V[i, :, :, :end], attn_mask=attn_bias,
