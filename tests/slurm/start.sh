@@ -18,6 +18,9 @@ HOST=$(hostname -s)
 CPUS=$(nproc)
 MEM=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))
 mkdir -p /etc/slurm
+# MessageTimeout: clients give up on an unreachable controller after ~MessageTimeout-1 s (default
+# 10, i.e. 9 s). The Slurm executor plugin asks scontrol for the config whenever snakemake starts,
+# so once this test's daemons are stopped every local make run would otherwise wait 9 s for it.
 cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=rlvrci
 SlurmctldHost=${HOST}(127.0.0.1)
@@ -32,9 +35,6 @@ DefMemPerCPU=500
 MpiDefault=none
 ReturnToService=2
 MinJobAge=300
-# Clients give up on an unreachable controller after ~MessageTimeout-1 s (default 10: 9 s). The
-# Slurm executor plugin runs `scontrol show config` whenever snakemake starts, so once this test's
-# daemons are stopped every local `make run` would otherwise wait 9 s for it.
 MessageTimeout=5
 SchedulerType=sched/backfill
 StateSaveLocation=$STATE/ctld
