@@ -144,8 +144,7 @@ class NativeRolloutEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, seed: int) -> Rollouts:
-        ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len)
-        ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len, n)
         torch.manual_seed(seed)
         dev = self.model.device
         tokens, logps = self.decode(

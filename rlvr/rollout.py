@@ -49,9 +49,10 @@ def completion_mask_from_ids(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tens
 
 
 def encode_prompts(
-    tok, prompts: list[str], max_prompt_len: int
+    tok, prompts: list[str], max_prompt_len: int, n: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt ids; a prompt longer than the budget is an error, never cut silently."""
+    """Left-padded prompt ids, each prompt repeated `n` times (rows i*n..i*n+n-1 are prompt i);
+    a prompt longer than the budget is an error, never cut silently."""
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     too_long = enc["attention_mask"].sum(-1) > max_prompt_len
     if too_long.any():
@@ -60,7 +61,7 @@ def encode_prompts(
             f"prompt {i} has {int(enc['attention_mask'][i].sum())} tokens > "
             f"rollout.max_prompt_len={max_prompt_len}; raise the budget or shorten the prompts"
         )
-    return enc["input_ids"], enc["attention_mask"]
+    return enc["input_ids"].repeat_interleave(n, 0), enc["attention_mask"].repeat_interleave(n, 0)
 
 
 class HFRolloutEngine:
@@ -75,8 +76,7 @@ class HFRolloutEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, seed: int) -> Rollouts:
-        ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len)
-        ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len, n)
         torch.manual_seed(seed)
         was_training = self.model.training
         self.model.eval()
