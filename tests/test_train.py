@@ -2,6 +2,7 @@
 invariance through DeepSpeed, collapse handling, an external algorithm through the config alone,
 and a learning run whose held-out accuracy really rises."""
 
+import itertools
 import json
 import math
 import os
@@ -152,9 +153,9 @@ def test_trimmed_micro_batches_score_like_the_full_batch(sft_base, math_data, tm
     r = batch.rollouts
     parts = trainer.micro_batches(torch.arange(len(r.texts)), r.lengths)
     assert sorted(torch.cat(parts).tolist()) == list(range(len(r.texts)))
-    assert [r.lengths[p].max() <= r.lengths[q].min() for p, q in zip(parts, parts[1:])] == [True] * (len(parts) - 1)
+    assert all(r.lengths[p].max() <= r.lengths[q].min() for p, q in itertools.pairwise(parts))
     shortest = parts[0]
-    assert r.lengths[shortest].max() < r.completion_ids.shape[1], "the seed should give a trimmable micro-batch"
+    assert r.lengths[shortest].max() < r.completion_ids.shape[1], "the seed should trim this one"
     model = trainer.policy.module
     with torch.no_grad():
         trimmed = trainer.score(model, r, shortest, with_stats=True)
