@@ -12,7 +12,7 @@ rule aggregate:
         manifest=f"runs/{EXP}/aggregated.json",
         figures=expand(f"{RESULTS}/figures/{{suite}}_{{metric}}.png", suite=SUITES, metric=["entropy", "reward", "grad_norm"]),
     params:
-        runs="runs",
+        runs=lambda w, output: os.path.dirname(os.path.dirname(output.manifest)),  # runs/<exp>/..
         out=lambda w, output: os.path.dirname(output.leaderboard),
         exp=EXP,
         config_name=lambda w: os.path.relpath(workflow.configfiles[-1]) if workflow.configfiles else "config/default.yaml",
