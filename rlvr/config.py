@@ -100,6 +100,12 @@ class TrainConfig(Section):
         "fp32", description="bf16 autocast is opt-in, never a silent default."
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+    forward: Literal["auto", "native", "hf"] = Field(
+        "auto",
+        description="How the update scores completions: native (rlvr's Llama/Qwen2 layers, each "
+        "distinct prompt run once per micro-batch, CPU, ZeRO 0-2, no LoRA), hf (the transformers "
+        "forward, any model); auto = native where it applies, else hf.",
+    )
     entropy_delta_every: int = Field(
         5,
         ge=0,

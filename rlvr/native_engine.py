@@ -11,9 +11,14 @@ step, in the rollout/logp_diff_* metrics.
 Supported: LlamaForCausalLM and Qwen2ForCausalLM (RMSNorm, any RoPE type via the model's own
 rotary module, SwiGLU, grouped-query attention, attention/MLP biases), full attention, no LoRA.
 Anything else is rollout.engine=hf; rollout.engine=auto picks this engine whenever it applies.
+
+The same layer math scores completions for the update (`completion_logits`, train.forward=native):
+with autograd, and with each distinct prompt run once however many completions share it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -72,75 +77,34 @@ class NativeRolloutEngine:
         # train.precision=bf16: bf16 copies of the projection weights; norms, RoPE, attention and
         # the residual stream stay fp32 (as under autocast)
         self.dtype = torch.bfloat16 if bf16 else torch.float32
-        c = model.config
-        self.n_heads, self.n_kv = c.num_attention_heads, c.num_key_value_heads
-        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        self.eps = c.rms_norm_eps
+        self.dims = Dims.of(model.config)
 
     def sync_weights(self) -> None:  # weights are read from the live module at every generate
         pass
 
-    def _weights(self) -> list[tuple]:
-        """Per layer: norms (fp32) and fused projection weights/biases in the compute dtype."""
-
-        def cast(*ts):
-            ts = [t for t in ts if t is not None]
-            return torch.cat(ts).detach().to(self.dtype) if ts else None
-
-        layers = []
-        for layer in self.model.model.layers:
-            a, m = layer.self_attn, layer.mlp
-            layers.append((
-                layer.input_layernorm.weight.detach(),
-                cast(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight),
-                cast(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias),
-                cast(a.o_proj.weight),
-                cast(a.o_proj.bias),
-                layer.post_attention_layernorm.weight.detach(),
-                cast(m.gate_proj.weight, m.up_proj.weight),
-                cast(m.gate_proj.bias, m.up_proj.bias),
-                cast(m.down_proj.weight),
-                cast(m.down_proj.bias),
-            ))
-        return layers
-
-    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, w.shape, w, self.eps)
-
     def _forward(self, x, cos, sin, layers, K, V, start: int, attn_bias) -> torch.Tensor:
-        """Run the decoder layers over x [N, S, h] at cache slots start..start+S; return hidden.
+        """One new token per row: run the decoder layers over x [N, 1, h] at cache slot `start`.
 
-        attn_bias [N, 1, S | 1, start+S] is 0 where a query may attend and -inf elsewhere.
+        attn_bias [N, 1, 1, start+1] is 0 where the query may attend and -inf elsewhere.
         """
-        N, S, _ = x.shape
-        H, KV, D, dt = self.n_heads, self.n_kv, self.head_dim, self.dtype
-        end = start + S
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [N, 1, S, D]
+        N = x.shape[0]
+        d, dt = self.dims, self.dtype
+        H, KV, D = d.heads, d.kv_heads, d.head_dim
+        end = start + 1
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [N, 1, 1, D]
         for i, (ln1, wqkv, bqkv, wo, bo, ln2, wgu, bgu, wd, bd) in enumerate(layers):
-            qkv = F.linear(self._rms(x, ln1).to(dt), wqkv, bqkv).float()
-            qk = qkv[..., : (H + KV) * D].view(N, S, H + KV, D).transpose(1, 2)
-            qk = qk * cos + _rotate_half(qk) * sin  # RoPE on queries and keys in one pass
-            q = qk[:, :H]
+            qkv = F.linear(_rms(x, ln1, d.eps).to(dt), wqkv, bqkv).float()
+            qk = _rope(qkv[..., : (H + KV) * D].view(N, 1, H + KV, D).transpose(1, 2), cos, sin)
             K[i, :, :, start:end] = qk[:, H:]
-            V[i, :, :, start:end] = qkv[..., (H + KV) * D :].view(N, S, KV, D).transpose(1, 2)
-            if S == 1:  # grouped-query attention without repeating K/V: [N, KV, H/KV, D] queries
-                q = q.reshape(N, KV, H // KV, D)
-                scores = q @ K[i, :, :, :end].transpose(-1, -2) * D**-0.5 + attn_bias
-                att = (scores.softmax(-1) @ V[i, :, :, :end]).reshape(N, 1, H * D)
-            else:
-                att = F.scaled_dot_product_attention(
-                    q, K[i, :, :, :end], V[i, :, :, :end], attn_mask=attn_bias,
-                    enable_gqa=H != KV,
-                ).transpose(1, 2).reshape(N, S, H * D)
+            V[i, :, :, start:end] = qkv[..., (H + KV) * D :].view(N, 1, KV, D).transpose(1, 2)
+            # grouped-query attention without repeating K/V: [N, KV, H/KV, D] queries
+            q = qk[:, :H].reshape(N, KV, H // KV, D)
+            scores = q @ K[i, :, :, :end].transpose(-1, -2) * D**-0.5 + attn_bias
+            att = (scores.softmax(-1) @ V[i, :, :, :end]).reshape(N, 1, H * D)
             x = x + F.linear(att.to(dt), wo, bo).float()
-            gate, up = F.linear(self._rms(x, ln2).to(dt), wgu, bgu).chunk(2, -1)
+            gate, up = F.linear(_rms(x, ln2, d.eps).to(dt), wgu, bgu).chunk(2, -1)
             x = x + F.linear(F.silu(gate) * up, wd, bd).float()
         return x
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        w = m.lm_head.weight.detach().to(self.dtype)
-        return F.linear(self._rms(x, m.model.norm.weight.detach()).to(self.dtype), w).float()
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, seed: int) -> Rollouts:
@@ -161,24 +125,22 @@ class NativeRolloutEngine:
         decoding stops early once every row has. Samples from torch's global RNG."""
         N, P = ids.shape
         T, L = max_new_tokens, len(self.model.model.layers)
-        layers, embed, rotary = self._weights(), self.model.model.embed_tokens, self.model.model.rotary_emb
+        d, m = self.dims, self.model
+        layers, embed = fused_layer_weights(m, self.dtype), m.model.embed_tokens
         dev = ids.device
-        K = torch.zeros(L, N, self.n_kv, P + T, self.head_dim, device=dev)  # fp32: cheap here
+        K = torch.zeros(L, N, d.kv_heads, P + T, d.head_dim, device=dev)  # fp32: cheap here
         V = torch.zeros_like(K)
+        # the prompts once each (rows repeat every prompt G times), then copied into every row
+        unique, row_of = unique_prompts(ids, mask)
+        hidden, prefix_kv = prefix_layers(m, layers, ids[unique], mask[unique], d)
+        for i, (k, v) in enumerate(prefix_kv):
+            K[i, :, :, :P], V[i, :, :, :P] = k[row_of], v[row_of]
+        logits = final_logits(m, hidden[row_of, -1], self.dtype)
         # keys a query may see: real prompt tokens and every generated slot (filled in order)
         key_bias = torch.zeros(N, 1, 1, P + T, device=dev)
         key_bias[:, 0, 0, :P].masked_fill_(mask == 0, float("-inf"))
-        causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
-        prompt_bias = key_bias[:, :, :, :P].expand(N, 1, P, P).masked_fill(~causal, float("-inf"))
-        # a padding query sees only itself, so its (unused) row is finite instead of NaN
-        prompt_bias = prompt_bias.masked_fill(torch.eye(P, dtype=torch.bool, device=dev), 0.0)
-
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        x = embed(ids).float()
-        cos, sin = rotary(x, pos)
-        hidden = self._forward(x, cos, sin, layers, K, V, 0, prompt_bias)
-        logits = self._logits(hidden[:, -1])
-        next_pos = pos[:, -1:] + 1
+        positions = mask.sum(-1, keepdim=True) + torch.arange(T, device=dev)
+        cos, sin = m.model.rotary_emb(hidden, positions)  # [N, T, D]: every step's, at once
         done = torch.zeros(N, dtype=torch.bool, device=dev)
         tokens, logps = [], []
         for t in range(T):
@@ -194,13 +156,146 @@ class NativeRolloutEngine:
             if t == T - 1 or bool(done.all()):
                 break
             x = embed(tok[:, None]).float()
-            cos, sin = rotary(x, next_pos)
-            hidden = self._forward(x, cos, sin, layers, K, V, P + t, key_bias[..., : P + t + 1])
-            logits = self._logits(hidden[:, -1])
-            next_pos = next_pos + 1
+            x = self._forward(
+                x, cos[:, t : t + 1], sin[:, t : t + 1], layers, K, V, P + t,
+                key_bias[..., : P + t + 1],
+            )
+            logits = final_logits(m, x[:, -1], self.dtype)
         return torch.stack(tokens, 1), torch.stack(logps, 1)
+
+
+# ---- layer math shared by the decoder and the trainer's forward ---------------------------------
+@dataclass(frozen=True)
+class Dims:
+    heads: int
+    kv_heads: int
+    head_dim: int
+    eps: float
+
+    @classmethod
+    def of(cls, c) -> Dims:
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return cls(c.num_attention_heads, c.num_key_value_heads, head_dim, c.rms_norm_eps)
+
+
+def fused_layer_weights(model, dtype: torch.dtype | None = None) -> list[tuple]:
+    """Per layer: norms and fused QKV / gate-up projection weights and biases, cast to `dtype`
+    (None keeps the parameters' own). Differentiable: gradients flow back to each projection."""
+
+    def fuse(*ts):
+        ts = [t for t in ts if t is not None]
+        if not ts:
+            return None
+        w = torch.cat(ts) if len(ts) > 1 else ts[0]
+        return w if dtype is None else w.to(dtype)
+
+    layers = []
+    for layer in model.model.layers:
+        a, mlp = layer.self_attn, layer.mlp
+        layers.append((
+            layer.input_layernorm.weight,
+            fuse(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight),
+            fuse(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias),
+            fuse(a.o_proj.weight),
+            fuse(a.o_proj.bias),
+            layer.post_attention_layernorm.weight,
+            fuse(mlp.gate_proj.weight, mlp.up_proj.weight),
+            fuse(mlp.gate_proj.bias, mlp.up_proj.bias),
+            fuse(mlp.down_proj.weight),
+            fuse(mlp.down_proj.bias),
+        ))
+    return layers
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.rms_norm(x, w.shape, w, eps)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, -1)
     return torch.cat((-x2, x1), -1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+def decoder_layer(x, weights, cos, sin, attn_bias, d: Dims, past=None):
+    """One decoder layer over x [N, S, h] (fp32 residual stream), attending to `past` (K, V of
+    earlier positions, [N, KV, S', D]) and to itself under attn_bias [N, 1, S, S'+S].
+    Returns (x, k, v) with this layer's keys (after RoPE) and values of the S positions."""
+    ln1, wqkv, bqkv, wo, bo, ln2, wgu, bgu, wd, bd = weights
+    N, S, _ = x.shape
+    H, KV, D = d.heads, d.kv_heads, d.head_dim
+    qkv = F.linear(_rms(x, ln1, d.eps).to(wqkv.dtype), wqkv, bqkv).float()
+    qk = _rope(qkv[..., : (H + KV) * D].view(N, S, H + KV, D).transpose(1, 2), cos.unsqueeze(1), sin.unsqueeze(1))
+    q, k = qk[:, :H], qk[:, H:]
+    v = qkv[..., (H + KV) * D :].view(N, S, KV, D).transpose(1, 2)
+    keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+    # fp32 attention even under bf16 autocast: torch's CPU flash-attention backward is ~2.5x
+    # slower in bf16
+    with torch.autocast(x.device.type, enabled=False):
+        att = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_bias, enable_gqa=H != KV)
+    x = x + F.linear(att.transpose(1, 2).reshape(N, S, H * D).to(wo.dtype), wo, bo).float()
+    gate, up = F.linear(_rms(x, ln2, d.eps).to(wgu.dtype), wgu, bgu).chunk(2, -1)
+    return x + F.linear(F.silu(gate) * up, wd, bd).float(), k, v
+
+
+def unique_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first row of each distinct left-padded prompt, for every row the index of its prompt)."""
+    _, row_of = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
+    first = torch.full((int(row_of.max()) + 1,), len(ids), device=ids.device)
+    first = first.scatter_reduce(0, row_of, torch.arange(len(ids), device=ids.device), "amin")
+    return first, row_of
+
+
+def prefix_layers(model, layers, ids, mask, d: Dims):
+    """Causal pass over left-padded prompts: (last layer's hidden [U, P, h], per layer (K, V))."""
+    U, P = ids.shape
+    dev = ids.device
+    x = model.model.embed_tokens(ids).float()
+    cos, sin = model.model.rotary_emb(x, (mask.cumsum(-1) - 1).clamp(min=0))
+    allowed = torch.ones(P, P, dtype=torch.bool, device=dev).tril() & mask[:, None, None, :].bool()
+    # a padding query sees only itself, so its (unused) row is finite instead of NaN
+    allowed = allowed | torch.eye(P, dtype=torch.bool, device=dev)
+    bias = torch.zeros(U, 1, P, P, device=dev).masked_fill(~allowed, float("-inf"))
+    kv = []
+    for w in layers:
+        x, k, v = decoder_layer(x, w, cos, sin, bias, d)
+        kv.append((k, v))
+    return x, kv
+
+
+def final_logits(model, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    m = model
+    w = m.lm_head.weight if dtype is None else m.lm_head.weight.to(dtype)
+    return F.linear(_rms(x, m.model.norm.weight, m.config.rms_norm_eps).to(w.dtype), w).float()
+
+
+def completion_logits(model, prompt_ids, prompt_mask, completion_ids) -> torch.Tensor:
+    """Teacher-forced logits [N, T, V] predicting completion_ids after left-padded prompts: what
+    the transformers forward over the concatenation gives (position ids following the padding),
+    with autograd. Rows sharing a prompt share one pass over it; its keys, values and last hidden
+    state are indexed into every row, so their gradients add up over the rows."""
+    d = Dims.of(model.config)
+    N, P = prompt_ids.shape
+    T = completion_ids.shape[1]
+    dev = prompt_ids.device
+    layers = fused_layer_weights(model)
+    unique, row_of = unique_prompts(prompt_ids, prompt_mask)
+    hidden, prefix_kv = prefix_layers(model, layers, prompt_ids[unique], prompt_mask[unique], d)
+    x = model.model.embed_tokens(completion_ids).float()
+    positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(T, device=dev)
+    cos, sin = model.model.rotary_emb(x, positions)
+    bias = torch.zeros(N, 1, T, P + T, device=dev)
+    bias[..., :P] = bias[..., :P].masked_fill(prompt_mask[:, None, None, :] == 0, float("-inf"))
+    causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+    bias[..., P:] = bias[..., P:].masked_fill(~causal, float("-inf"))
+    # index_select, not k[row_of]: its backward (index_add_) sums the rows' gradients in a fixed
+    # order, while advanced indexing's accumulating index_put_ varies run to run on CPU
+    for w, (k, v) in zip(layers, prefix_kv, strict=True):
+        past = (k.index_select(0, row_of), v.index_select(0, row_of))
+        x, _, _ = decoder_layer(x, w, cos, sin, bias, d, past=past)
+    # the last prompt position predicts the first completion token
+    x = torch.cat([hidden[:, -1:].index_select(0, row_of), x[:, :-1]], 1)
+    return final_logits(model, x)

@@ -110,6 +110,22 @@ class Policy:
         if self.autocast:
             use_bf16_friendly_attention(self.module)
         self.device = self.engine.device
+        self.native_forward = self._use_native_forward(cfg.train.forward, self.module)
+
+    def _use_native_forward(self, choice: str, module) -> bool:
+        from rlvr.native_engine import unsupported_reason
+
+        reason = unsupported_reason(module)
+        if reason is None and self.cfg.train.zero_stage == 3:
+            reason = "ZeRO stage 3 partitions the weights (gathered only inside module forwards)"
+        if reason is None and self.device.type != "cpu":
+            reason = f"it runs on CPU only (device {self.device})"
+        if choice == "native" and reason:
+            raise ValueError(
+                f"train.forward=native cannot score this model: {reason}; use train.forward=hf "
+                "(auto falls back to hf by itself)"
+            )
+        return choice != "hf" and reason is None
 
     def reference_context(self):
         """With LoRA, the frozen reference is the base with adapters disabled."""
@@ -132,17 +148,28 @@ class Policy:
         """Per-token log-probs of the completion under `model` at the sampling temperature.
 
         Only the completion positions go through the LM head (`logits_to_keep`); position ids
-        follow the left padding so they match generation.
+        follow the left padding so they match generation. The native forward gives the same
+        logits, computing each distinct prompt once.
         """
-        ids = torch.cat([prompt_ids, completion_ids], 1).to(self.device)
-        attn = torch.cat([prompt_mask, completion_mask.long()], 1).to(self.device)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
         T = completion_ids.shape[1]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-            logits = model(
-                input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1
-            ).logits
-        logits = logits[:, :-1].float() / temperature
+            if self.native_forward:
+                from rlvr.native_engine import completion_logits
+
+                logits = completion_logits(
+                    getattr(model, "module", model),  # the DeepSpeed engine's module
+                    prompt_ids.to(self.device),
+                    prompt_mask.to(self.device),
+                    completion_ids.to(self.device),
+                )
+            else:
+                ids = torch.cat([prompt_ids, completion_ids], 1).to(self.device)
+                attn = torch.cat([prompt_mask, completion_mask.long()], 1).to(self.device)
+                pos = (attn.cumsum(-1) - 1).clamp(min=0)
+                logits = model(
+                    input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1
+                ).logits[:, :-1]
+        logits = logits.float() / temperature
         logprobs = F.log_softmax(logits, -1)
         target = completion_ids.to(self.device).unsqueeze(-1)
         out = {"logp": logprobs.gather(-1, target).squeeze(-1)}

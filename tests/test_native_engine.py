@@ -9,7 +9,13 @@ from transformers.generation.logits_process import TopPLogitsWarper
 
 from rlvr.config import RolloutConfig
 from rlvr.models import build_tiny_model, build_tokenizer
-from rlvr.native_engine import NativeRolloutEngine, sample_tokens, unsupported_reason
+from rlvr.native_engine import (
+    NativeRolloutEngine,
+    completion_logits,
+    sample_tokens,
+    unique_prompts,
+    unsupported_reason,
+)
 from rlvr.rollout import HFRolloutEngine, make_rollout_engine
 
 PROMPTS = ["Q: 1+2=", "Q: 97-53-5=", "x", "Q: (3+4)*5-6+7="]  # different lengths: left padding
@@ -136,3 +142,87 @@ def test_lora_model_falls_back_to_hf():
     lora = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
     assert "LoRA" in unsupported_reason(lora)
     assert isinstance(make_rollout_engine(RolloutConfig(), lora, tok), HFRolloutEngine)
+
+
+def teacher_forcing_batch(tok, vocab: int, seed: int = 0, repeats: int = 1):
+    """12 * repeats rows over 4 prompts of different lengths, each prompt 3 * repeats times and
+    not adjacent, with random completions of different lengths (padding after each row's length)."""
+    enc = tok(PROMPTS, padding=True, padding_side="left", return_tensors="pt")
+    order = torch.tensor([0, 1, 2, 3, 2, 0, 3, 1, 1, 3, 0, 2]).repeat(repeats)
+    g = torch.Generator().manual_seed(seed)
+    T = 10
+    completion = torch.randint(2, vocab, (len(order), T), generator=g)
+    lengths = torch.randint(1, T + 1, (len(order),), generator=g)
+    mask = (torch.arange(T) < lengths[:, None]).long()
+    completion = completion.masked_fill(mask == 0, tok.pad_token_id)
+    return enc.input_ids[order], enc.attention_mask[order], completion, mask
+
+
+def hf_completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask):
+    """What rlvr.policy.Policy.score computes with train.forward=hf."""
+    attn = torch.cat([prompt_mask, completion_mask], 1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    ids = torch.cat([prompt_ids, completion_ids], 1)
+    T = completion_ids.shape[1]
+    return model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :-1]
+
+
+@pytest.mark.parametrize(
+    "make_model",
+    [lambda: build_tiny_model("qwen2", seed=1), lambda: build_tiny_model("llama", seed=2),
+     gqa_llama_with_biases],
+    ids=["qwen2", "llama", "llama-gqa-bias"],
+)
+def test_native_forward_equals_transformers_in_logits_and_gradients(make_model):
+    """The update's native forward (rows sharing a prompt share its pass) gives the transformers
+    forward's log-probs and, through a weighted sum of them, the same gradient per parameter."""
+    model, tok = make_model()
+    prompt_ids, prompt_mask, completion, mask = teacher_forcing_batch(tok, model.config.vocab_size)
+    unique, row_of = unique_prompts(prompt_ids, prompt_mask)
+    assert len(unique) == 4 and torch.equal(prompt_ids[unique][row_of], prompt_ids)
+    weights = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1)) * mask
+
+    def logp_and_grads(logits_fn):
+        model.zero_grad()
+        logp = F.log_softmax(logits_fn().float(), -1).gather(-1, completion[..., None]).squeeze(-1)
+        (logp * weights).sum().backward()
+        return logp * mask, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    hf_logp, hf_grads = logp_and_grads(
+        lambda: hf_completion_logits(model, prompt_ids, prompt_mask, completion, mask))
+    native_logp, native_grads = logp_and_grads(
+        lambda: completion_logits(model, prompt_ids, prompt_mask, completion))
+    torch.testing.assert_close(native_logp, hf_logp, rtol=0, atol=1e-5)
+    assert hf_grads.keys() == native_grads.keys()
+    for name, grad in hf_grads.items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(native_grads[name], grad, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_native_forward_under_bf16_autocast_stays_close_to_fp32():
+    model, tok = build_tiny_model("qwen2", seed=1)
+    prompt_ids, prompt_mask, completion, mask = teacher_forcing_batch(tok, model.config.vocab_size)
+    with torch.no_grad():
+        fp32 = completion_logits(model, prompt_ids, prompt_mask, completion)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = completion_logits(model, prompt_ids, prompt_mask, completion)
+    diff = ((F.log_softmax(bf16.float(), -1) - F.log_softmax(fp32, -1)).abs() * mask[..., None]).max()
+    assert bf16.dtype == torch.float32 and 0 < diff < 0.05
+
+
+def test_native_forward_gradients_are_bitwise_reproducible():
+    """Rows of a prompt scattered over the batch: the gradient summed over them is the same bits
+    on every call (metrics.jsonl must be byte-identical across runs and resumes)."""
+    model, tok = build_tiny_model("qwen2", seed=1)
+    prompt_ids, prompt_mask, completion, mask = teacher_forcing_batch(
+        tok, model.config.vocab_size, repeats=8  # enough rows for torch to split work over threads
+    )
+
+    def grads():
+        model.zero_grad()
+        logits = completion_logits(model, prompt_ids, prompt_mask, completion)
+        (F.log_softmax(logits, -1).gather(-1, completion[..., None]).squeeze(-1) * mask).sum().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    first = grads()
+    assert all(torch.equal(grads(), first) for _ in range(5))
