@@ -187,8 +187,10 @@ def main(repeats: int = 2, out_md: str | None = "results/perf.md") -> str:
         f"{s['group']} completions, {s['new_tokens']} new tokens, AdamW lr {s['lr']}, one update per batch, "
         f"{s['threads']} threads, CPU, no vLLM. TRL without gradient checkpointing and with eager "
         "attention (its faster settings on this machine; SDPA measured 0.44 s fp32 / 0.49 s bf16 "
-        "vs eager 0.42 / 0.40). Ours: rollout.engine=auto (the native decoder for this Qwen2), "
-        "train.entropy_delta_every=0 (a diagnostic forward TRL has no counterpart for). bf16 is "
+        "vs eager 0.42 / 0.40). Ours: rollout.engine=auto and train.forward=auto (rlvr's native "
+        "Llama/Qwen2 layers for this Qwen2: KV-cached sampling; an update forward that runs each "
+        "prompt once for its completions), train.entropy_delta_every=0 (a diagnostic forward TRL "
+        "has no counterpart for). Both sides step a fused AdamW (TRL's default here). bf16 is "
         "autocast on both sides (ours also samples with bf16 copies of the projection weights). "
         "Rollout = generation + rewards + advantages; update = the rest of the step. "
         f"Median over steps {s['warmup'] + 1}–{s['steps']} of {repeats} alternating runs per side.",
