@@ -228,15 +228,20 @@ def decoder_layer(x, weights, cos, sin, attn_bias, d: Dims, past=None):
     N, S, _ = x.shape
     H, KV, D = d.heads, d.kv_heads, d.head_dim
     qkv = F.linear(_rms(x, ln1, d.eps).to(wqkv.dtype), wqkv, bqkv).float()
-    qk = _rope(qkv[..., : (H + KV) * D].view(N, S, H + KV, D).transpose(1, 2), cos.unsqueeze(1), sin.unsqueeze(1))
+    qk = qkv[..., : (H + KV) * D].view(N, S, H + KV, D).transpose(1, 2)
+    qk = _rope(qk, cos.unsqueeze(1), sin.unsqueeze(1))  # queries and keys in one pass
     q, k = qk[:, :H], qk[:, H:]
     v = qkv[..., (H + KV) * D :].view(N, S, KV, D).transpose(1, 2)
-    keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+    keys, values = k, v
+    if past is not None:
+        keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
     # fp32 attention even under bf16 autocast: torch's CPU flash-attention backward is ~2.5x
     # slower in bf16
     with torch.autocast(x.device.type, enabled=False):
-        att = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_bias, enable_gqa=H != KV)
-    x = x + F.linear(att.transpose(1, 2).reshape(N, S, H * D).to(wo.dtype), wo, bo).float()
+        att = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=attn_bias, enable_gqa=H != KV
+        ).transpose(1, 2).reshape(N, S, H * D)
+    x = x + F.linear(att.to(wo.dtype), wo, bo).float()
     gate, up = F.linear(_rms(x, ln2, d.eps).to(wgu.dtype), wgu, bgu).chunk(2, -1)
     return x + F.linear(F.silu(gate) * up, wd, bd).float(), k, v
 
