@@ -226,3 +226,18 @@ def test_native_forward_gradients_are_bitwise_reproducible():
 
     first = grads()
     assert all(torch.equal(grads(), first) for _ in range(5))
+
+
+def test_train_forward_auto_picks_native_where_it_applies():
+    from rlvr.config import load_config
+    from rlvr.policy import Policy
+
+    def policy(family, forward):
+        model, _ = build_tiny_model(family)
+        return Policy(model, load_config(None, [f"train.forward={forward}", "train.micro_batch_size=8"]))
+
+    assert policy("qwen2", "auto").native_forward and policy("llama", "native").native_forward
+    assert not policy("qwen2", "hf").native_forward
+    assert not policy("gpt2", "auto").native_forward
+    with pytest.raises(ValueError, match="train.forward=native cannot score .*gpt2.*use train.forward=hf"):
+        policy("gpt2", "native")
