@@ -82,7 +82,7 @@ class NativeRolloutEngine:
     def sync_weights(self) -> None:  # weights are read from the live module at every generate
         pass
 
-    def _forward(self, x, cos, sin, layers, K, V, start: int, attn_bias) -> torch.Tensor:
+    def _forward(self, x, cos, signed_sin, layers, K, V, start: int, attn_bias) -> torch.Tensor:
         """One new token per row: run the decoder layers over x [N, 1, h] at cache slot `start`.
 
         attn_bias [N, 1, 1, start+1] is 0 where the query may attend and -inf elsewhere.
@@ -91,10 +91,11 @@ class NativeRolloutEngine:
         d, dt = self.dims, self.dtype
         H, KV, D = d.heads, d.kv_heads, d.head_dim
         end = start + 1
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [N, 1, 1, D]
+        cos, signed_sin = cos.unsqueeze(1), signed_sin.unsqueeze(1)  # [N, 1, 1, D]
         for i, (ln1, wqkv, bqkv, wo, bo, ln2, wgu, bgu, wd, bd) in enumerate(layers):
             qkv = F.linear(_rms(x, ln1, d.eps).to(dt), wqkv, bqkv).float()
-            qk = _rope(qkv[..., : (H + KV) * D].view(N, 1, H + KV, D).transpose(1, 2), cos, sin)
+            qk = qkv[..., : (H + KV) * D].view(N, 1, H + KV, D).transpose(1, 2)
+            qk = _rope(qk, cos, signed_sin)
             K[i, :, :, start:end] = qk[:, H:]
             V[i, :, :, start:end] = qkv[..., (H + KV) * D :].view(N, 1, KV, D).transpose(1, 2)
             # grouped-query attention without repeating K/V: [N, KV, H/KV, D] queries
@@ -140,7 +141,7 @@ class NativeRolloutEngine:
         key_bias = torch.zeros(N, 1, 1, P + T, device=dev)
         key_bias[:, 0, 0, :P].masked_fill_(mask == 0, float("-inf"))
         positions = mask.sum(-1, keepdim=True) + torch.arange(T, device=dev)
-        cos, sin = m.model.rotary_emb(hidden, positions)  # [N, T, D]: every step's, at once
+        cos, signed_sin = rope_tables(m, hidden, positions)  # [N, T, D]: every step's at once
         done = torch.zeros(N, dtype=torch.bool, device=dev)
         tokens, logps = [], []
         for t in range(T):
@@ -157,7 +158,7 @@ class NativeRolloutEngine:
                 break
             x = embed(tok[:, None]).float()
             x = self._forward(
-                x, cos[:, t : t + 1], sin[:, t : t + 1], layers, K, V, P + t,
+                x, cos[:, t : t + 1], signed_sin[:, t : t + 1], layers, K, V, P + t,
                 key_bias[..., : P + t + 1],
             )
             logits = final_logits(m, x[:, -1], self.dtype)
@@ -211,16 +212,21 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x, w.shape, w, eps)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, -1)
-    return torch.cat((-x2, x1), -1)
+def rope_tables(model, x: torch.Tensor, positions: torch.Tensor):
+    """(cos, signed sin) [N, S, D] at `positions` from the model's own rotary module (any RoPE
+    type). transformers rotates by x·cos + rotate_half(x)·sin with rotate_half(x) = [-x2, x1];
+    both halves of sin are equal (sin = sin([f, f])), so
+    rotate_half(x)·sin = roll(x)·[-sin1, sin2] and `_rope` needs 3 ops instead of 5."""
+    cos, sin = model.model.rotary_emb(x, positions)
+    half = sin.shape[-1] // 2
+    return cos, torch.cat([-sin[..., :half], sin[..., half:]], -1)
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return x * cos + _rotate_half(x) * sin
+def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
 
 
-def decoder_layer(x, weights, cos, sin, attn_bias, d: Dims, past=None):
+def decoder_layer(x, weights, cos, signed_sin, attn_bias, d: Dims, past=None):
     """One decoder layer over x [N, S, h] (fp32 residual stream), attending to `past` (K, V of
     earlier positions, [N, KV, S', D]) and to itself under attn_bias [N, 1, S, S'+S].
     Returns (x, k, v) with this layer's keys (after RoPE) and values of the S positions."""
@@ -228,10 +234,11 @@ def decoder_layer(x, weights, cos, sin, attn_bias, d: Dims, past=None):
     N, S, _ = x.shape
     H, KV, D = d.heads, d.kv_heads, d.head_dim
     qkv = F.linear(_rms(x, ln1, d.eps).to(wqkv.dtype), wqkv, bqkv).float()
-    qk = qkv[..., : (H + KV) * D].view(N, S, H + KV, D).transpose(1, 2)
-    qk = _rope(qk, cos.unsqueeze(1), sin.unsqueeze(1))  # queries and keys in one pass
-    q, k = qk[:, :H], qk[:, H:]
-    v = qkv[..., (H + KV) * D :].view(N, S, KV, D).transpose(1, 2)
+    # split, not slices: a slice's backward fills a zero tensor of the whole input first
+    qk, v = qkv.split([(H + KV) * D, KV * D], -1)
+    qk = _rope(qk.view(N, S, H + KV, D).transpose(1, 2), cos.unsqueeze(1), signed_sin.unsqueeze(1))
+    q, k = qk.split([H, KV], 1)  # RoPE on queries and keys in one pass
+    v = v.view(N, S, KV, D).transpose(1, 2)
     keys, values = k, v
     if past is not None:
         keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
@@ -259,14 +266,14 @@ def prefix_layers(model, layers, ids, mask, d: Dims):
     U, P = ids.shape
     dev = ids.device
     x = model.model.embed_tokens(ids).float()
-    cos, sin = model.model.rotary_emb(x, (mask.cumsum(-1) - 1).clamp(min=0))
+    cos, signed_sin = rope_tables(model, x, (mask.cumsum(-1) - 1).clamp(min=0))
     allowed = torch.ones(P, P, dtype=torch.bool, device=dev).tril() & mask[:, None, None, :].bool()
     # a padding query sees only itself, so its (unused) row is finite instead of NaN
     allowed = allowed | torch.eye(P, dtype=torch.bool, device=dev)
     bias = torch.zeros(U, 1, P, P, device=dev).masked_fill(~allowed, float("-inf"))
     kv = []
     for w in layers:
-        x, k, v = decoder_layer(x, w, cos, sin, bias, d)
+        x, k, v = decoder_layer(x, w, cos, signed_sin, bias, d)
         kv.append((k, v))
     return x, kv
 
@@ -291,7 +298,7 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids) -> torch.T
     hidden, prefix_kv = prefix_layers(model, layers, prompt_ids[unique], prompt_mask[unique], d)
     x = model.model.embed_tokens(completion_ids).float()
     positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(T, device=dev)
-    cos, sin = model.model.rotary_emb(x, positions)
+    cos, signed_sin = rope_tables(model, x, positions)
     bias = torch.zeros(N, 1, T, P + T, device=dev)
     bias[..., :P] = bias[..., :P].masked_fill(prompt_mask[:, None, None, :] == 0, float("-inf"))
     causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
@@ -300,7 +307,7 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids) -> torch.T
     # order, while advanced indexing's accumulating index_put_ varies run to run on CPU
     for w, (k, v) in zip(layers, prefix_kv, strict=True):
         past = (k.index_select(0, row_of), v.index_select(0, row_of))
-        x, _, _ = decoder_layer(x, w, cos, sin, bias, d, past=past)
+        x, _, _ = decoder_layer(x, w, cos, signed_sin, bias, d, past=past)
     # the last prompt position predicts the first completion token
-    x = torch.cat([hidden[:, -1:].index_select(0, row_of), x[:, :-1]], 1)
+    x = torch.cat([hidden[:, -1:].index_select(0, row_of), x.split([T - 1, 1], 1)[0]], 1)
     return final_logits(model, x)

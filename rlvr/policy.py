@@ -172,7 +172,9 @@ class Policy:
                 logits = model(
                     input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1
                 ).logits[:, :-1]
-        logits = logits.float() / temperature
+        logits = logits.float()
+        if temperature != 1.0:  # a division by 1 would still cost a pass, forward and backward
+            logits = logits / temperature
         logprobs = F.log_softmax(logits, -1)
         target = completion_ids.to(self.device).unsqueeze(-1)
         out = {"logp": logprobs.gather(-1, target).squeeze(-1)}
