@@ -36,7 +36,11 @@ def _prepare(workdir: Path) -> tuple[Path, Path]:
     return workdir / "model", workdir / "data"
 
 
-def _ours(model: Path, data: Path, out: Path, precision: str) -> dict:
+# our loop under other settings, to show what one setting is worth (same model, batch, steps)
+OURS_VARIANTS = {"ours": [], "ours, train.forward=hf": ["train.forward=hf"]}
+
+
+def _ours(model: Path, data: Path, out: Path, precision: str, extra: list[str]) -> dict:
     from rlvr.config import load_config
     from rlvr.train import train
 
@@ -47,7 +51,7 @@ def _ours(model: Path, data: Path, out: Path, precision: str) -> dict:
         f"rollout.max_new_tokens={s['new_tokens']}", f"train.lr={s['lr']}", f"train.steps={s['steps']}",
         f"train.micro_batch_size={s['prompts'] * s['group']}", f"train.precision={precision}",
         f"train.threads={s['threads']}", "logging.wandb=false", "logging.progress=false",
-        "checkpoint.every=0", "seed=0", "train.entropy_delta_every=0",
+        "checkpoint.every=0", "seed=0", "train.entropy_delta_every=0", *extra,
     ])
     train(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -120,8 +124,10 @@ def _trl(model: Path, data: Path, out: Path, precision: str) -> dict:
 
 def child(side: str, model: str, data: str, out: str, precision: str) -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
-    fn = _ours if side == "ours" else _trl
-    result = fn(Path(model), Path(data), Path(out), precision)
+    if side in OURS_VARIANTS:
+        result = _ours(Path(model), Path(data), Path(out), precision, OURS_VARIANTS[side])
+    else:
+        result = _trl(Path(model), Path(data), Path(out), precision)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("BENCH_RESULT " + json.dumps(result), flush=True)
 
@@ -139,7 +145,7 @@ def matmul_gflops(dtype_name: str, n: int = 1024, reps: int = 20) -> float:
 
 
 def _run_child(side, model, data, workdir, precision, i) -> dict:
-    out = workdir / f"{side}_{precision}_{i}"
+    out = workdir / f"{side.replace(', ', '_')}_{precision}_{i}"
     cmd = [sys.executable, "-m", "rlvr.bench", "--child", side, str(model), str(data), str(out), precision]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     line = [x for x in done.stdout.splitlines() if x.startswith("BENCH_RESULT ")]
@@ -160,7 +166,10 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def main(repeats: int = 2, out_md: str | None = "results/perf.md") -> str:
+REPEATS = 3  # alternating runs per side: the shared machine's noise is ~10% between runs
+
+
+def main(repeats: int = REPEATS, out_md: str | None = "results/perf.md") -> str:
     import torch
 
     from rlvr.models import build_tiny_model
@@ -171,7 +180,8 @@ def main(repeats: int = 2, out_md: str | None = "results/perf.md") -> str:
         model, data = _prepare(workdir)
         results: dict[tuple[str, str], list[dict]] = {}
         for i in range(repeats):  # alternate the sides so machine noise hits both
-            for side, precision in (("ours", "fp32"), ("trl", "fp32"), ("ours", "bf16"), ("trl", "bf16")):
+            for side, precision in (("ours", "fp32"), ("trl", "fp32"), ("ours", "bf16"), ("trl", "bf16"),
+                                    ("ours, train.forward=hf", "fp32")):
                 print(f"[bench] round {i + 1}/{repeats}: {side} {precision}", flush=True)
                 results.setdefault((side, precision), []).append(_run_child(side, model, data, workdir, precision, i))
     summary = {k: summarize(v) for k, v in results.items()}
@@ -190,7 +200,8 @@ def main(repeats: int = 2, out_md: str | None = "results/perf.md") -> str:
         "vs eager 0.42 / 0.40). Ours: rollout.engine=auto and train.forward=auto (rlvr's native "
         "Llama/Qwen2 layers for this Qwen2: KV-cached sampling; an update forward that runs each "
         "prompt once for its completions), train.entropy_delta_every=0 (a diagnostic forward TRL "
-        "has no counterpart for). Both sides step a fused AdamW (TRL's default here). bf16 is "
+        "has no counterpart for); the row `ours, train.forward=hf` is our loop scoring with the "
+        "transformers forward instead. Both sides step a fused AdamW (TRL's default here). bf16 is "
         "autocast on both sides (ours also samples with bf16 copies of the projection weights). "
         "Rollout = generation + rewards + advantages; update = the rest of the step. "
         f"Median over steps {s['warmup'] + 1}–{s['steps']} of {repeats} alternating runs per side.",
@@ -198,7 +209,7 @@ def main(repeats: int = 2, out_md: str | None = "results/perf.md") -> str:
         "| side | precision | step s (median) | rollout s | update s | rollout tok/s | update tok/s | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (side, precision), r in sorted(summary.items()):
+    for (side, precision), r in sorted(summary.items(), key=lambda kv: (kv[0][0] == "trl", kv[0])):
         ro, up = r["rollout_s"], r["update_s"]
         trained = r["completion_tokens"] + prompt_tokens
         cells = [

@@ -5,7 +5,7 @@
     rlvr train --config RUN.yaml [key.sub=value ...]
     rlvr eval  --config RUN.yaml [key.sub=value ...]   (eval.checkpoint, eval.suites, eval.k, ...)
     rlvr aggregate --runs runs --experiment NAME --out results
-    rlvr bench [--repeats 2]                             (make bench; needs the bench extra)
+    rlvr bench [--repeats 3]                             (make bench; needs the bench extra)
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--config-name", default="config/default.yaml", help="the DAG config, for the header")
     agg.add_argument("--manifest", default=None, help="also write a JSON list of what was aggregated here")
     bench = sub.add_parser("bench", help="step benchmark against TRL's GRPOTrainer (needs the bench extra)")
-    bench.add_argument("--repeats", type=int, default=2, help="alternating runs per side")
+    from rlvr.bench import REPEATS  # stdlib imports only
+
+    bench.add_argument("--repeats", type=int, default=REPEATS, help="alternating runs per side")
     bench.add_argument("--out", default="results/perf.md")
     return parser
 
