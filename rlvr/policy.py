@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +22,7 @@ def init_distributed() -> None:
     """Single-process defaults so DeepSpeed uses gloo/nccl, not MPI; torchrun sets real values."""
     import deepspeed
 
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    launched = "MASTER_PORT" in os.environ  # by torchrun (or another launcher): use its rendezvous
     for key, value in (
         ("RANK", "0"),
         ("WORLD_SIZE", "1"),
@@ -40,8 +36,18 @@ def init_distributed() -> None:
         import deepspeed.ops
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.distributed.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if launched:
+        deepspeed.init_distributed(dist_backend=backend)
+    else:
+        # port 0: the store's socket gets a free port when it binds. Picking a free port first
+        # and binding it later raced with other processes on the node (EADDRINUSE under Slurm).
+        deepspeed.init_distributed(
+            dist_backend=backend, auto_mpi_discovery=False, init_method="tcp://127.0.0.1:0",
+            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+        )
 
 
 def shutdown_distributed() -> None:
