@@ -132,8 +132,8 @@ class NativeRolloutEngine:
         K = torch.zeros(L, N, d.kv_heads, P + T, d.head_dim, device=dev)  # fp32: cheap here
         V = torch.zeros_like(K)
         # the prompts once each (rows repeat every prompt G times), then copied into every row
-        unique, row_of = unique_prompts(ids, mask)
-        hidden, prefix_kv = prefix_layers(m, layers, ids[unique], mask[unique], d)
+        unique_ids, unique_mask, row_of = unique_prompts(ids, mask)
+        hidden, prefix_kv = prefix_layers(m, layers, unique_ids, unique_mask, d)
         for i, (k, v) in enumerate(prefix_kv):
             K[i, :, :, :P], V[i, :, :, :P] = k[row_of], v[row_of]
         logits = final_logits(m, hidden[row_of, -1], self.dtype)
@@ -253,12 +253,10 @@ def decoder_layer(x, weights, cos, signed_sin, attn_bias, d: Dims, past=None):
     return x + F.linear(F.silu(gate) * up, wd, bd).float(), k, v
 
 
-def unique_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first row of each distinct left-padded prompt, for every row the index of its prompt)."""
-    _, row_of = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
-    first = torch.full((int(row_of.max()) + 1,), len(ids), device=ids.device)
-    first = first.scatter_reduce(0, row_of, torch.arange(len(ids), device=ids.device), "amin")
-    return first, row_of
+def unique_prompts(ids: torch.Tensor, mask: torch.Tensor):
+    """(ids, mask) of each distinct left-padded prompt, and for every row the index of its own."""
+    rows, row_of = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
+    return rows[:, : ids.shape[1]], rows[:, ids.shape[1] :], row_of
 
 
 def prefix_layers(model, layers, ids, mask, d: Dims):
@@ -294,8 +292,8 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids) -> torch.T
     T = completion_ids.shape[1]
     dev = prompt_ids.device
     layers = fused_layer_weights(model)
-    unique, row_of = unique_prompts(prompt_ids, prompt_mask)
-    hidden, prefix_kv = prefix_layers(model, layers, prompt_ids[unique], prompt_mask[unique], d)
+    unique_ids, unique_mask, row_of = unique_prompts(prompt_ids, prompt_mask)
+    hidden, prefix_kv = prefix_layers(model, layers, unique_ids, unique_mask, d)
     x = model.model.embed_tokens(completion_ids).float()
     positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(T, device=dev)
     cos, signed_sin = rope_tables(model, x, positions)

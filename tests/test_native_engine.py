@@ -178,8 +178,9 @@ def test_native_forward_equals_transformers_in_logits_and_gradients(make_model):
     forward's log-probs and, through a weighted sum of them, the same gradient per parameter."""
     model, tok = make_model()
     prompt_ids, prompt_mask, completion, mask = teacher_forcing_batch(tok, model.config.vocab_size)
-    unique, row_of = unique_prompts(prompt_ids, prompt_mask)
-    assert len(unique) == 4 and torch.equal(prompt_ids[unique][row_of], prompt_ids)
+    unique_ids, unique_mask, row_of = unique_prompts(prompt_ids, prompt_mask)
+    assert len(unique_ids) == 4 and torch.equal(unique_ids[row_of], prompt_ids)
+    assert torch.equal(unique_mask[row_of], prompt_mask)
     weights = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1)) * mask
 
     def logp_and_grads(logits_fn):
