@@ -181,15 +181,13 @@ def _load_lm(cfg: RunConfig, checkpoint: Path):
     from lm_eval.models.huggingface import HFLM
 
     from rlvr.models import load_model_and_tokenizer
-    from rlvr.native_engine import unsupported_reason
+    from rlvr.native_engine import picks_native, unsupported_reason
 
     if cfg.train.threads:  # the same CPU thread budget as the run's other stages
         torch.set_num_threads(cfg.train.threads)
     model, tok = load_model_and_tokenizer(checkpoint)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    native = cfg.eval.backend == "native" or (
-        cfg.eval.backend == "auto" and unsupported_reason(model) is None
-    )
+    native = picks_native(cfg.eval.backend, unsupported_reason(model))
     if native:
         from rlvr.lm_eval_native import NativeHFLM
 

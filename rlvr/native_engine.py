@@ -44,6 +44,12 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
+def picks_native(choice: str, reason: str | None) -> bool:
+    """A setting's auto|native|hf|vllm choice → whether the native path runs: `native` always (the
+    caller reports `reason` as an error), `auto` when nothing stands in the way (reason is None)."""
+    return choice == "native" or (choice == "auto" and reason is None)
+
+
 def sample_tokens(logits: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row from softmax(logits) (after top-p); return (tokens, log-probs).
 

@@ -122,7 +122,7 @@ class Policy:
         self.native_forward = self._use_native_forward(cfg.train.forward, self.module)
 
     def _use_native_forward(self, choice: str, module) -> bool:
-        from rlvr.native_engine import unsupported_reason
+        from rlvr.native_engine import picks_native, unsupported_reason
 
         reason = unsupported_reason(module)
         if reason is None and self.cfg.train.zero_stage == 3:
@@ -134,7 +134,7 @@ class Policy:
                 f"train.forward=native cannot score this model: {reason}; use train.forward=hf "
                 "(auto falls back to hf by itself)"
             )
-        return choice != "hf" and reason is None
+        return picks_native(choice, reason)
 
     def reference_context(self):
         """With LoRA, the frozen reference is the base with adapters disabled."""
@@ -160,7 +160,6 @@ class Policy:
         follow the left padding so they match generation. The native forward gives the same
         logits, computing each distinct prompt once.
         """
-        T = completion_ids.shape[1]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             if self.native_forward:
                 from rlvr.native_engine import completion_logits
@@ -175,8 +174,9 @@ class Policy:
                 ids = torch.cat([prompt_ids, completion_ids], 1).to(self.device)
                 attn = torch.cat([prompt_mask, completion_mask.long()], 1).to(self.device)
                 pos = (attn.cumsum(-1) - 1).clamp(min=0)
+                keep = completion_ids.shape[1] + 1  # the last prompt position and the completion
                 logits = model(
-                    input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1
+                    input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=keep
                 ).logits[:, :-1]
         logits = logits.float()
         if temperature != 1.0:  # a division by 1 would still cost a pass, forward and backward

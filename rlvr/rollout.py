@@ -123,9 +123,9 @@ def make_rollout_engine(cfg: RolloutConfig, model, tok, policy=None, **kwargs) -
     """`auto`: the native decoder when it supports the model, else transformers generate."""
     bf16 = bool(policy and policy.autocast)
     if cfg.engine in ("auto", "native"):
-        from rlvr.native_engine import NativeRolloutEngine, unsupported_reason
+        from rlvr.native_engine import NativeRolloutEngine, picks_native, unsupported_reason
 
-        if cfg.engine == "native" or unsupported_reason(model) is None:
+        if picks_native(cfg.engine, unsupported_reason(model)):
             return NativeRolloutEngine(model, tok, cfg, bf16=bf16)
     if cfg.engine in ("auto", "hf"):
         return HFRolloutEngine(model, tok, cfg, autocast_bf16=bf16)
