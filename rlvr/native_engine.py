@@ -215,7 +215,65 @@ def fused_layer_weights(model, dtype: torch.dtype | None = None) -> list[tuple]:
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.rms_norm(x, w.shape, w, eps)
+    return _RMSNorm.apply(x, w, eps) if torch.is_grad_enabled() else F.rms_norm(x, w.shape, w, eps)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """F.rms_norm (same forward kernel, same numbers) with a hand-written backward: autograd
+    differentiates torch's CPU rms_norm through its composite ops (pow, mean, rsqrt and two
+    broadcasting muls, ~10 passes over x); this one takes 6, two of them matrix-vector products.
+
+    With P = dy·x and r = rstd per row: dw = Pᵀr, dx = r·(dy·w) − x·r³·(P·w)/h.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, eps):
+        y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], w, eps)
+        ctx.save_for_backward(x, w, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, rstd = ctx.saved_tensors
+        h = x.shape[-1]
+        dy2, x2, r = dy.reshape(-1, h), x.reshape(-1, h), rstd.reshape(-1)
+        p = dy2 * x2
+        dw = torch.mv(p.t(), r).to(w.dtype) if ctx.needs_input_grad[1] else None
+        k = torch.mv(p, w.to(p.dtype)).mul_(r.pow(3)).div_(h)
+        dx = (dy2 * w).mul_(r.unsqueeze(-1)).addcmul_(x2, k.unsqueeze(-1), value=-1)
+        return dx.view_as(x).to(x.dtype), dw, None
+
+
+class _SwiGLU(torch.autograd.Function):
+    """silu(gate)·up over the fused gate-up projection [..., 2I], differentiated into one
+    [..., 2I] gradient: autograd's chunk backward would concatenate the two halves' gradients
+    (a copy of the layer's largest activation), and this saves two of its elementwise passes."""
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        gate, up = gate_up.chunk(2, -1)
+        act = F.silu(gate)
+        ctx.save_for_backward(gate_up, act)
+        return act * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate_up, act = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, -1)
+        out = torch.empty_like(gate_up)
+        d_gate, d_up = out.chunk(2, -1)
+        torch.mul(grad, act, out=d_up)
+        torch.mul(grad, up, out=d_gate)
+        # silu'(gate)·(grad·up), written over its own input (same element, same thread)
+        torch.ops.aten.silu_backward.grad_input(d_gate, gate, grad_input=d_gate)
+        return out
+
+
+def _swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled():
+        return _SwiGLU.apply(gate_up)
+    gate, up = gate_up.chunk(2, -1)
+    return F.silu(gate) * up
 
 
 def rope_tables(model, x: torch.Tensor, positions: torch.Tensor):
@@ -255,8 +313,8 @@ def decoder_layer(x, weights, cos, signed_sin, attn_bias, d: Dims, past=None):
             q, keys, values, attn_mask=attn_bias, enable_gqa=H != KV
         ).transpose(1, 2).reshape(N, S, H * D)
     x = x + F.linear(att.to(wo.dtype), wo, bo).float()
-    gate, up = F.linear(_rms(x, ln2, d.eps).to(wgu.dtype), wgu, bgu).chunk(2, -1)
-    return x + F.linear(F.silu(gate) * up, wd, bd).float(), k, v
+    gate_up = F.linear(_rms(x, ln2, d.eps).to(wgu.dtype), wgu, bgu)
+    return x + F.linear(_swiglu(gate_up), wd, bd).float(), k, v
 
 
 def unique_prompts(ids: torch.Tensor, mask: torch.Tensor):

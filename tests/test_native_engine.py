@@ -11,6 +11,8 @@ from rlvr.config import RolloutConfig
 from rlvr.models import build_tiny_model, build_tokenizer
 from rlvr.native_engine import (
     NativeRolloutEngine,
+    _RMSNorm,
+    _SwiGLU,
     completion_logits,
     sample_tokens,
     unique_prompts,
@@ -209,6 +211,35 @@ def test_native_forward_under_bf16_autocast_stays_close_to_fp32():
             bf16 = completion_logits(model, prompt_ids, prompt_mask, completion)
     diff = ((F.log_softmax(bf16.float(), -1) - F.log_softmax(fp32, -1)).abs() * mask[..., None]).max()
     assert bf16.dtype == torch.float32 and 0 < diff < 0.05
+
+
+def test_hand_written_backwards_pass_gradcheck():
+    """The update forward's RMSNorm and SwiGLU backwards against finite differences (float64),
+    on a non-contiguous gate-up input like the fused projection's."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: _RMSNorm.apply(x, w, 1e-6), (x, w), atol=1e-8, rtol=1e-6)
+    gate_up = torch.randn(3, 5, 12, dtype=torch.float64, generator=g)[..., 1:11].requires_grad_()
+    assert torch.autograd.gradcheck(_SwiGLU.apply, (gate_up,), atol=1e-8, rtol=1e-6)
+
+
+def test_native_forward_gradients_under_bf16_autocast_stay_close_to_fp32():
+    model, tok = build_tiny_model("qwen2", seed=1)
+    prompt_ids, prompt_mask, completion, mask = teacher_forcing_batch(tok, model.config.vocab_size)
+
+    def grads(bf16: bool):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = completion_logits(model, prompt_ids, prompt_mask, completion)
+        (F.log_softmax(logits.float(), -1).gather(-1, completion[..., None]).squeeze(-1) * mask).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fp32, bf16 = grads(False), grads(True)
+    for name, grad in fp32.items():
+        assert bf16[name].dtype == torch.float32
+        rel = ((bf16[name] - grad).norm() / grad.norm()).item()
+        assert 0 < rel < 0.05, f"{name}: relative difference {rel:.3g}"
 
 
 def test_native_forward_gradients_are_bitwise_reproducible():
