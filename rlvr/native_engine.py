@@ -89,28 +89,30 @@ class NativeRolloutEngine:
         pass
 
     def _forward(self, x, cos, signed_sin, layers, K, V, start: int, attn_bias) -> torch.Tensor:
-        """One new token per row: run the decoder layers over x [N, 1, h] at cache slot `start`.
+        """One new token per row: run the decoder layers over x [N, h] at cache slot `start`.
 
-        attn_bias [N, 1, 1, start+1] is 0 where the query may attend and -inf elsewhere.
+        K, V are [layers, N·KV, slots, D]; attn_bias [N·KV, 1, start+1] is 0 where the query may
+        attend and -inf elsewhere. Every op here runs once per layer per token, so the math is
+        folded into as few kernels as it goes: the 1/√D scale and the mask into one baddbmm, and
+        (fp32) the residual adds into the projections' addmm.
         """
         N = x.shape[0]
         d, dt = self.dims, self.dtype
         H, KV, D = d.heads, d.kv_heads, d.head_dim
         end = start + 1
-        cos, signed_sin = cos.unsqueeze(1), signed_sin.unsqueeze(1)  # [N, 1, 1, D]
+        cos, signed_sin = cos.unsqueeze(1), signed_sin.unsqueeze(1)  # [N, 1, D]: every head
         for i, (ln1, wqkv, bqkv, wo, bo, ln2, wgu, bgu, wd, bd) in enumerate(layers):
             qkv = F.linear(_rms(x, ln1, d.eps).to(dt), wqkv, bqkv).float()
-            qk = qkv[..., : (H + KV) * D].view(N, 1, H + KV, D).transpose(1, 2)
-            qk = _rope(qk, cos, signed_sin)
-            K[i, :, :, start:end] = qk[:, H:]
-            V[i, :, :, start:end] = qkv[..., (H + KV) * D :].view(N, 1, KV, D).transpose(1, 2)
-            # grouped-query attention without repeating K/V: [N, KV, H/KV, D] queries
-            q = qk[:, :H].reshape(N, KV, H // KV, D)
-            scores = q @ K[i, :, :, :end].transpose(-1, -2) * D**-0.5 + attn_bias
-            att = (scores.softmax(-1) @ V[i, :, :, :end]).reshape(N, 1, H * D)
-            x = x + F.linear(att.to(dt), wo, bo).float()
+            qk = _rope(qkv[:, : (H + KV) * D].view(N, H + KV, D), cos, signed_sin)
+            K[i, :, start] = qk[:, H:].reshape(N * KV, D)
+            V[i, :, start] = qkv[:, (H + KV) * D :].reshape(N * KV, D)
+            # grouped-query attention without repeating K/V: H/KV queries per KV head
+            q = qk[:, :H].reshape(N * KV, H // KV, D)
+            scores = torch.baddbmm(attn_bias, q, K[i, :, :end].transpose(1, 2), alpha=D**-0.5)
+            att = torch.bmm(scores.softmax(-1), V[i, :, :end]).view(N, H * D)
+            x = _residual_linear(x, att.to(dt), wo, bo)
             gate, up = F.linear(_rms(x, ln2, d.eps).to(dt), wgu, bgu).chunk(2, -1)
-            x = x + F.linear(F.silu(gate) * up, wd, bd).float()
+            x = _residual_linear(x, F.silu(gate) * up, wd, bd)
         return x
 
     @torch.no_grad()
@@ -142,10 +144,12 @@ class NativeRolloutEngine:
         hidden, prefix_kv = prefix_layers(m, layers, unique_ids, unique_mask, d)
         for i, (k, v) in enumerate(prefix_kv):
             K[i, :, :, :P], V[i, :, :, :P] = k[row_of], v[row_of]
+        K, V = K.flatten(1, 2), V.flatten(1, 2)  # [L, N·KV, slots, D]: batched matmuls per KV head
         logits = final_logits(m, hidden[row_of, -1], self.dtype)
         # keys a query may see: real prompt tokens and every generated slot (filled in order)
-        key_bias = torch.zeros(N, 1, 1, P + T, device=dev)
-        key_bias[:, 0, 0, :P].masked_fill_(mask == 0, float("-inf"))
+        key_bias = torch.zeros(N, d.kv_heads, 1, P + T, device=dev)
+        key_bias[..., :P].masked_fill_((mask == 0)[:, None, None, :], float("-inf"))
+        key_bias = key_bias.flatten(0, 1)
         positions = mask.sum(-1, keepdim=True) + torch.arange(T, device=dev)
         cos, signed_sin = rope_tables(m, hidden, positions)  # [N, T, D]: every step's at once
         done = torch.zeros(N, dtype=torch.bool, device=dev)
@@ -162,12 +166,11 @@ class NativeRolloutEngine:
             done |= tok == self.tok.eos_token_id
             if t == T - 1 or bool(done.all()):
                 break
-            x = embed(tok[:, None]).float()
             x = self._forward(
-                x, cos[:, t : t + 1], signed_sin[:, t : t + 1], layers, K, V, P + t,
+                embed(tok).float(), cos[:, t], signed_sin[:, t], layers, K, V, P + t,
                 key_bias[..., : P + t + 1],
             )
-            logits = final_logits(m, x[:, -1], self.dtype)
+            logits = final_logits(m, x, self.dtype)
         return torch.stack(tokens, 1), torch.stack(logps, 1)
 
 
@@ -212,6 +215,15 @@ def fused_layer_weights(model, dtype: torch.dtype | None = None) -> list[tuple]:
             fuse(mlp.down_proj.bias),
         ))
     return layers
+
+
+def _residual_linear(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+    """x + a·wᵀ (+ b) for 2-D x: one addmm when everything is fp32; under bf16 weights the add
+    promotes the bf16 product to fp32 itself (what `.float()` and then `+` would do, one op less)."""
+    if x.dtype == a.dtype == w.dtype:
+        out = torch.addmm(x, a, w.t())
+        return out if b is None else out.add_(b)
+    return x + F.linear(a, w, b)
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
