@@ -365,23 +365,26 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids) -> torch.T
     state are indexed into every row, so their gradients add up over the rows."""
     d = Dims.of(model.config)
     N, P = prompt_ids.shape
-    T = completion_ids.shape[1]
+    S = completion_ids.shape[1] - 1  # the last completion token predicts nothing scored here
     dev = prompt_ids.device
     layers = fused_layer_weights(model)
     unique_ids, unique_mask, row_of = unique_prompts(prompt_ids, prompt_mask)
     hidden, prefix_kv = prefix_layers(model, layers, unique_ids, unique_mask, d)
-    x = model.model.embed_tokens(completion_ids).float()
-    positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(T, device=dev)
+    # the last prompt position predicts the first completion token
+    first = hidden[:, -1:].index_select(0, row_of)
+    if S == 0:
+        return final_logits(model, first)
+    x = model.model.embed_tokens(completion_ids[:, :S]).float()
+    positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(S, device=dev)
     cos, signed_sin = rope_tables(model, x, positions)
-    bias = torch.zeros(N, 1, T, P + T, device=dev)
+    bias = torch.zeros(N, 1, S, P + S, device=dev)
     bias[..., :P] = bias[..., :P].masked_fill(prompt_mask[:, None, None, :] == 0, float("-inf"))
-    causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+    causal = torch.ones(S, S, dtype=torch.bool, device=dev).tril()
     bias[..., P:] = bias[..., P:].masked_fill(~causal, float("-inf"))
     # index_select, not k[row_of]: its backward (index_add_) sums the rows' gradients in a fixed
     # order, while advanced indexing's accumulating index_put_ varies run to run on CPU
     for w, (k, v) in zip(layers, prefix_kv, strict=True):
         past = (k.index_select(0, row_of), v.index_select(0, row_of))
         x, _, _ = decoder_layer(x, w, cos, signed_sin, bias, d, past=past)
-    # the last prompt position predicts the first completion token
-    x = torch.cat([hidden[:, -1:].index_select(0, row_of), x.split([T - 1, 1], 1)[0]], 1)
+    x = torch.cat([first, x], 1)
     return final_logits(model, x)

@@ -114,6 +114,10 @@ class Policy:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
         )
         self.module = self.engine.module
+        if cfg.train.zero_stage == 0 and torch.distributed.get_world_size() == 1:
+            # one rank averages with nobody: skip the flatten-allreduce-unflatten copy of every
+            # gradient DeepSpeed makes at each step (ZeRO 1-3 reduce inside their optimizers)
+            self.engine.enable_backward_allreduce = False
         # bf16 on CPU is autocast (the DeepSpeed bf16 optimizer path needs a GPU)
         self.autocast = cfg.train.precision == "bf16" and not torch.cuda.is_available()
         if self.autocast:
@@ -186,10 +190,12 @@ class Policy:
         out = {"logp": logprobs.gather(-1, target).squeeze(-1)}
         if with_stats:
             with torch.no_grad():
-                probs = logprobs.detach().exp()
-                out["entropy"] = -(probs * logprobs.detach()).sum(-1)
-                out["p_token"] = probs.gather(-1, target).squeeze(-1)
-                out["collision"] = (probs * probs).sum(-1)  # Σ_v p_v²: peak vs valley threshold
+                logp = logprobs.detach()
+                probs = logp.exp().unsqueeze(-2)  # [N, T, 1, V]
+                # per-position dot products as batched matmuls: no [N, T, V] product written
+                out["entropy"] = -(probs @ logp.unsqueeze(-1)).flatten(-3)
+                out["p_token"] = out["logp"].detach().exp()
+                out["collision"] = (probs @ probs.transpose(-1, -2)).flatten(-3)  # Σ_v p_v²
         return out
 
     def zero_grad(self) -> None:

@@ -146,13 +146,12 @@ def test_lora_model_falls_back_to_hf():
     assert isinstance(make_rollout_engine(RolloutConfig(), lora, tok), HFRolloutEngine)
 
 
-def teacher_forcing_batch(tok, vocab: int, seed: int = 0, repeats: int = 1):
+def teacher_forcing_batch(tok, vocab: int, seed: int = 0, repeats: int = 1, T: int = 10):
     """12 * repeats rows over 4 prompts of different lengths, each prompt 3 * repeats times and
     not adjacent, with random completions of different lengths (padding after each row's length)."""
     enc = tok(PROMPTS, padding=True, padding_side="left", return_tensors="pt")
     order = torch.tensor([0, 1, 2, 3, 2, 0, 3, 1, 1, 3, 0, 2]).repeat(repeats)
     g = torch.Generator().manual_seed(seed)
-    T = 10
     completion = torch.randint(2, vocab, (len(order), T), generator=g)
     lengths = torch.randint(1, T + 1, (len(order),), generator=g)
     mask = (torch.arange(T) < lengths[:, None]).long()
@@ -175,11 +174,14 @@ def hf_completion_logits(model, prompt_ids, prompt_mask, completion_ids, complet
      gqa_llama_with_biases],
     ids=["qwen2", "llama", "llama-gqa-bias"],
 )
-def test_native_forward_equals_transformers_in_logits_and_gradients(make_model):
+@pytest.mark.parametrize("width", [10, 1], ids=["T10", "T1"])
+def test_native_forward_equals_transformers_in_logits_and_gradients(make_model, width):
     """The update's native forward (rows sharing a prompt share its pass) gives the transformers
-    forward's log-probs and, through a weighted sum of them, the same gradient per parameter."""
+    forward's log-probs and, through a weighted sum of them, the same gradient per parameter;
+    also for one-token completions, where only the prompt pass runs."""
     model, tok = make_model()
-    prompt_ids, prompt_mask, completion, mask = teacher_forcing_batch(tok, model.config.vocab_size)
+    prompt_ids, prompt_mask, completion, mask = teacher_forcing_batch(
+        tok, model.config.vocab_size, T=width)
     unique_ids, unique_mask, row_of = unique_prompts(prompt_ids, prompt_mask)
     assert len(unique_ids) == 4 and torch.equal(unique_ids[row_of], prompt_ids)
     assert torch.equal(unique_mask[row_of], prompt_mask)
