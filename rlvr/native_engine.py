@@ -136,16 +136,18 @@ class NativeRolloutEngine:
         T, L = max_new_tokens, len(self.model.model.layers)
         d, m = self.dims, self.model
         layers, embed = fused_layer_weights(m, self.dtype), m.model.embed_tokens
+        head = m.lm_head.weight.to(self.dtype)
         dev = ids.device
-        K = torch.zeros(L, N, d.kv_heads, P + T, d.head_dim, device=dev)  # fp32: cheap here
-        V = torch.zeros_like(K)
+        # fp32 (cheap here); empty, not zeros: a slot is written before any query reads it
+        K = torch.empty(L, N, d.kv_heads, P + T, d.head_dim, device=dev)
+        V = torch.empty_like(K)
         # the prompts once each (rows repeat every prompt G times), then copied into every row
         unique_ids, unique_mask, row_of = unique_prompts(ids, mask)
         hidden, prefix_kv = prefix_layers(m, layers, unique_ids, unique_mask, d)
         for i, (k, v) in enumerate(prefix_kv):
             K[i, :, :, :P], V[i, :, :, :P] = k[row_of], v[row_of]
         K, V = K.flatten(1, 2), V.flatten(1, 2)  # [L, N·KV, slots, D]: batched matmuls per KV head
-        logits = final_logits(m, hidden[row_of, -1], self.dtype)
+        logits = final_logits(m, hidden[row_of, -1], head)
         # keys a query may see: real prompt tokens and every generated slot (filled in order)
         key_bias = torch.zeros(N, d.kv_heads, 1, P + T, device=dev)
         key_bias[..., :P].masked_fill_((mask == 0)[:, None, None, :], float("-inf"))
@@ -170,7 +172,7 @@ class NativeRolloutEngine:
                 embed(tok).float(), cos[:, t], signed_sin[:, t], layers, K, V, P + t,
                 key_bias[..., : P + t + 1],
             )
-            logits = final_logits(m, x, self.dtype)
+            logits = final_logits(m, x, head)
         return torch.stack(tokens, 1), torch.stack(logps, 1)
 
 
@@ -352,9 +354,11 @@ def prefix_layers(model, layers, ids, mask, d: Dims):
     return x, kv
 
 
-def final_logits(model, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def final_logits(model, x: torch.Tensor, head: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 logits from the last hidden state; `head` replaces the LM head weight (the decoder
+    passes its bf16 copy, cast once per generate rather than once per token)."""
     m = model
-    w = m.lm_head.weight if dtype is None else m.lm_head.weight.to(dtype)
+    w = m.lm_head.weight if head is None else head
     return F.linear(_rms(x, m.model.norm.weight, m.config.rms_norm_eps).to(w.dtype), w).float()
 
 
