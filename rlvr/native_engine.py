@@ -104,8 +104,8 @@ class NativeRolloutEngine:
         for i, (ln1, wqkv, bqkv, wo, bo, ln2, wgu, bgu, wd, bd) in enumerate(layers):
             qkv = F.linear(_rms(x, ln1, d.eps).to(dt), wqkv, bqkv).float()
             qk = _rope(qkv[:, : (H + KV) * D].view(N, H + KV, D), cos, signed_sin)
-            K[i, :, start] = qk[:, H:].reshape(N * KV, D)
-            V[i, :, start] = qkv[:, (H + KV) * D :].reshape(N * KV, D)
+            K[i, :, start].view(N, KV, D).copy_(qk[:, H:])  # one strided copy, no reshape
+            V[i, :, start].view(N, KV, D).copy_(qkv[:, (H + KV) * D :].view(N, KV, D))
             # grouped-query attention without repeating K/V: H/KV queries per KV head
             q = qk[:, :H].reshape(N * KV, H // KV, D)
             scores = torch.baddbmm(attn_bias, q, K[i, :, :end].transpose(1, 2), alpha=D**-0.5)
