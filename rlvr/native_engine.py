@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlvr import kernels
 from rlvr.config import RolloutConfig
 from rlvr.rollout import Rollouts, encode_prompts, make_rollouts
 
@@ -111,8 +112,7 @@ class NativeRolloutEngine:
             scores = torch.baddbmm(attn_bias, q, K[i, :, :end].transpose(1, 2), alpha=D**-0.5)
             att = torch.bmm(scores.softmax(-1), V[i, :, :end]).view(N, H * D)
             x = _residual_linear(x, att.to(dt), wo, bo)
-            gate, up = F.linear(_rms(x, ln2, d.eps).to(dt), wgu, bgu).chunk(2, -1)
-            x = _residual_linear(x, F.silu(gate) * up, wd, bd)
+            x = _residual_linear(x, _swiglu(F.linear(_rms(x, ln2, d.eps).to(dt), wgu, bgu)), wd, bd)
         return x
 
     @torch.no_grad()
@@ -229,26 +229,37 @@ def _residual_linear(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b) -> to
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    return _RMSNorm.apply(x, w, eps) if torch.is_grad_enabled() else F.rms_norm(x, w.shape, w, eps)
+    if torch.is_grad_enabled():
+        return _RMSNorm.apply(x, w, eps)
+    if kernels.applies(x, w):
+        return kernels.rms_norm_forward(x, w, eps, with_rstd=False)[0]
+    return F.rms_norm(x, w.shape, w, eps)
 
 
 class _RMSNorm(torch.autograd.Function):
-    """F.rms_norm (same forward kernel, same numbers) with a hand-written backward: autograd
-    differentiates torch's CPU rms_norm through its composite ops (pow, mean, rsqrt and two
-    broadcasting muls, ~10 passes over x); this one takes 6, two of them matrix-vector products.
+    """F.rms_norm with a hand-written backward: autograd differentiates torch's CPU rms_norm
+    through its composite ops (pow, mean, rsqrt and two broadcasting muls, ~10 passes over x).
+    fp32 on CPU: one fused kernel each way (rlvr.kernels); otherwise torch's forward kernel
+    (same numbers as F.rms_norm) and a backward of 6 passes, two of them matrix-vector products.
 
     With P = dy·x and r = rstd per row: dw = Pᵀr, dx = r·(dy·w) − x·r³·(P·w)/h.
     """
 
     @staticmethod
     def forward(ctx, x, w, eps):
-        y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], w, eps)
+        if kernels.applies(x, w):
+            y, rstd = kernels.rms_norm_forward(x, w, eps, with_rstd=True)
+        else:
+            y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], w, eps)
         ctx.save_for_backward(x, w, rstd)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, w, rstd = ctx.saved_tensors
+        if kernels.applies(dy, x, w, rstd):
+            dx, dw = kernels.rms_norm_backward(dy, x, w, rstd)
+            return dx, dw if ctx.needs_input_grad[1] else None, None
         h = x.shape[-1]
         dy2, x2, r = dy.reshape(-1, h), x.reshape(-1, h), rstd.reshape(-1)
         p = dy2 * x2
@@ -261,10 +272,15 @@ class _RMSNorm(torch.autograd.Function):
 class _SwiGLU(torch.autograd.Function):
     """silu(gate)·up over the fused gate-up projection [..., 2I], differentiated into one
     [..., 2I] gradient: autograd's chunk backward would concatenate the two halves' gradients
-    (a copy of the layer's largest activation), and this saves two of its elementwise passes."""
+    (a copy of the layer's largest activation). fp32 on CPU: one fused kernel each way
+    (rlvr.kernels); otherwise three elementwise passes written straight into the gradient."""
 
     @staticmethod
     def forward(ctx, gate_up):
+        ctx.fused = kernels.applies(gate_up)
+        if ctx.fused:
+            ctx.save_for_backward(gate_up)
+            return kernels.swiglu_forward(gate_up)
         gate, up = gate_up.chunk(2, -1)
         act = F.silu(gate)
         ctx.save_for_backward(gate_up, act)
@@ -272,8 +288,11 @@ class _SwiGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        gate_up, act = ctx.saved_tensors
+        if ctx.fused and kernels.applies(grad):
+            return kernels.swiglu_backward(grad, ctx.saved_tensors[0])
+        gate_up, *saved = ctx.saved_tensors
         gate, up = gate_up.chunk(2, -1)
+        act = saved[0] if saved else F.silu(gate)
         out = torch.empty_like(gate_up)
         d_gate, d_up = out.chunk(2, -1)
         torch.mul(grad, act, out=d_up)
@@ -286,6 +305,8 @@ class _SwiGLU(torch.autograd.Function):
 def _swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled():
         return _SwiGLU.apply(gate_up)
+    if kernels.applies(gate_up):
+        return kernels.swiglu_forward(gate_up)
     gate, up = gate_up.chunk(2, -1)
     return F.silu(gate) * up
 

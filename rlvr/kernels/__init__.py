@@ -1,0 +1,137 @@
+"""Fused fp32 CPU kernels (fused.c) for the native layers: RMSNorm and SwiGLU, forward and back.
+
+Why: at the sizes rlvr benchmarks on CPU, eager PyTorch's elementwise passes are memory-bound
+(RMSNorm is ~6 of them, SwiGLU's backward 3 plus a concatenation of the gate and up gradients),
+and eager mode cannot fuse them. Each kernel here reads its inputs once and writes its outputs
+once. `rlvr bench` measures what they are worth; tests/test_kernels.py holds them to torch's
+results (and gradients) within fp32 rounding.
+
+How: compiled on first use with the system C compiler (`$CC`, else `cc`) into a cache keyed by the
+source, the flags, the compiler and the CPU (`-march=native`), so a cluster's different nodes
+build their own: `$RLVR_KERNEL_CACHE`, else ~/.cache/rlvr-bench/kernels. Parallel processes
+build into temporary files and rename, so the first finisher wins and nobody reads half a file.
+Where no compiler works the torch ops run instead (same math), with one warning; `RLVR_KERNELS=0`
+turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch  # first: the library's OpenMP symbols then resolve to torch's own runtime
+
+SOURCE = Path(__file__).with_name("fused.c")
+# the second set for compilers without OpenMP (Apple clang): vectorized, single-threaded
+_COMMON = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffinite-math-only",
+           "-shared", "-fPIC"]
+FLAG_SETS = (_COMMON + ["-fopenmp"], _COMMON + ["-fopenmp-simd"])
+RMS_NORM_CHUNKS = 16  # fixed partial-sum ranges for dw: the same bits at any thread count
+
+_lib: ctypes.CDLL | None = None
+_loaded = False
+
+
+def _cpu_id() -> str:
+    try:  # -march=native: the CPU's feature flags decide the code
+        flags = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")]
+        return flags[0] if flags else platform.processor()
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _build() -> Path:
+    compiler = os.environ.get("CC", "cc")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    cache = Path(os.environ.get("RLVR_KERNEL_CACHE", Path.home() / ".cache" / "rlvr-bench" / "kernels"))
+    errors = []
+    for flags in FLAG_SETS:
+        key = hashlib.sha256(
+            "\n".join([SOURCE.read_text(), " ".join(flags), version, _cpu_id(), platform.machine()]).encode()
+        ).hexdigest()[:16]
+        target = cache / f"fused-{key}.so"
+        if target.exists():
+            return target
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
+        os.close(fd)
+        done = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        if done.returncode == 0:
+            os.replace(tmp, target)
+            return target
+        os.unlink(tmp)
+        errors.append(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+    raise RuntimeError("; ".join(errors))
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    lib.swiglu_forward.argtypes = [ptr, ptr, i64, i64]
+    lib.swiglu_backward.argtypes = [ptr, ptr, ptr, i64, i64]
+    lib.rms_norm_forward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, f32]
+    lib.rms_norm_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64]
+    for fn in (lib.swiglu_forward, lib.swiglu_backward, lib.rms_norm_forward, lib.rms_norm_backward):
+        fn.restype = None
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (disabled, or no working compiler: warned once)."""
+    global _lib, _loaded
+    if not _loaded:
+        _loaded = True
+        if os.environ.get("RLVR_KERNELS", "1") != "0":
+            try:
+                _lib = _bind(ctypes.CDLL(str(_build())))
+            except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
+                warnings.warn(f"rlvr: fused CPU kernels unavailable ({err}); using torch ops", stacklevel=2)
+    return _lib
+
+
+def applies(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can take these tensors: fp32, contiguous, on CPU, and compiled."""
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors) and (
+        library() is not None
+    )
+
+
+def swiglu_forward(gate_up: torch.Tensor) -> torch.Tensor:
+    inter = gate_up.shape[-1] // 2
+    out = gate_up.new_empty(*gate_up.shape[:-1], inter)
+    _lib.swiglu_forward(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // (2 * inter), inter)
+    return out
+
+
+def swiglu_backward(grad: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
+    inter = grad.shape[-1]
+    d_gate_up = torch.empty_like(gate_up)
+    _lib.swiglu_backward(grad.data_ptr(), gate_up.data_ptr(), d_gate_up.data_ptr(), grad.numel() // inter, inter)
+    return d_gate_up
+
+
+def rms_norm_forward(x: torch.Tensor, w: torch.Tensor, eps: float, with_rstd: bool):
+    hidden = x.shape[-1]
+    y = torch.empty_like(x)
+    rstd = x.new_empty(*x.shape[:-1], 1) if with_rstd else None
+    _lib.rms_norm_forward(
+        x.data_ptr(), w.data_ptr(), y.data_ptr(), rstd.data_ptr() if with_rstd else None,
+        x.numel() // hidden, hidden, eps,
+    )
+    return y, rstd
+
+
+def rms_norm_backward(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, rstd: torch.Tensor):
+    hidden = x.shape[-1]
+    dx = torch.empty_like(x)
+    dw_partial = x.new_empty(RMS_NORM_CHUNKS, hidden)
+    _lib.rms_norm_backward(
+        dy.data_ptr(), x.data_ptr(), w.data_ptr(), rstd.data_ptr(), dx.data_ptr(), dw_partial.data_ptr(),
+        x.numel() // hidden, hidden, RMS_NORM_CHUNKS,
+    )
+    return dx, dw_partial.sum(0)

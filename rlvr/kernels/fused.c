@@ -1,0 +1,102 @@
+/* Fused fp32 CPU kernels for rlvr's native Llama/Qwen2 layers (see rlvr/kernels/__init__.py).
+ *
+ * Eager PyTorch runs RMSNorm as ~6 passes over its input and SwiGLU's backward as 3 passes plus
+ * a concatenation; at the sizes rlvr benchmarks on CPU those passes are memory-bound, so each
+ * kernel here reads its inputs once and writes its outputs once. Row-parallel with OpenMP
+ * (torch's own runtime: the library is loaded after torch); every reduction has a fixed order,
+ * so results do not depend on the thread count.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* e^x, vectorizable (libm's expf is not, without -ffast-math): x = n·ln2 + r, |r| <= ln2/2,
+ * e^r by the Cephes polynomial, 2^n through the exponent bits; ~1 ulp over the clamped range.
+ * The vectorizer needs fminf/fmaxf as plain min/max instructions, hence -ffinite-math-only
+ * (rlvr/kernels/__init__.py): a NaN input still comes out NaN, through the products with g. */
+static inline float exp_approx(float x) {
+    x = fminf(fmaxf(x, -87.3f), 88.7f);
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p * r, r, r) + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return p * two_n;
+}
+
+static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+
+/* out[m, :I] = silu(gate) * up, with gate_up[m] = [gate (I) | up (I)] */
+void swiglu_forward(const float *gate_up, float *out, int64_t rows, int64_t inter) {
+#pragma omp parallel for schedule(static) if (rows * inter > 32768)
+    for (int64_t m = 0; m < rows; m++) {
+        const float *g = gate_up + m * 2 * inter, *u = g + inter;
+        float *o = out + m * inter;
+#pragma omp simd
+        for (int64_t j = 0; j < inter; j++) o[j] = g[j] * sigmoid(g[j]) * u[j];
+    }
+}
+
+/* d_gate_up[m] = [grad·up·silu'(gate) | grad·silu(gate)], silu'(g) = s·(1 + g·(1 − s)) */
+void swiglu_backward(const float *grad, const float *gate_up, float *d_gate_up, int64_t rows,
+                     int64_t inter) {
+#pragma omp parallel for schedule(static) if (rows * inter > 32768)
+    for (int64_t m = 0; m < rows; m++) {
+        const float *g = gate_up + m * 2 * inter, *u = g + inter, *dy = grad + m * inter;
+        float *dg = d_gate_up + m * 2 * inter, *du = dg + inter;
+#pragma omp simd
+        for (int64_t j = 0; j < inter; j++) {
+            float s = sigmoid(g[j]);
+            du[j] = dy[j] * g[j] * s;
+            dg[j] = dy[j] * u[j] * (s * (1.0f + g[j] * (1.0f - s)));
+        }
+    }
+}
+
+/* y = x · rstd · w per row, rstd = 1/sqrt(mean(x²) + eps); rstd may be NULL */
+void rms_norm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows,
+                      int64_t hidden, float eps) {
+#pragma omp parallel for schedule(static) if (rows * hidden > 32768)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * hidden;
+        float *yr = y + r * hidden, sum_sq = 0.0f;
+#pragma omp simd reduction(+ : sum_sq)
+        for (int64_t j = 0; j < hidden; j++) sum_sq += xr[j] * xr[j];
+        float s = 1.0f / sqrtf(sum_sq / (float)hidden + eps);
+        if (rstd) rstd[r] = s;
+#pragma omp simd
+        for (int64_t j = 0; j < hidden; j++) yr[j] = xr[j] * s * w[j];
+    }
+}
+
+/* dx = s·(dy·w) − x·s³·Σ_j(dy_j·w_j·x_j)/h per row; dw = Σ_rows dy·x·s, as `chunks` partial sums
+ * (dw_partial [chunks, hidden]) over fixed row ranges, which the caller adds up in order. */
+void rms_norm_backward(const float *dy, const float *x, const float *w, const float *rstd,
+                       float *dx, float *dw_partial, int64_t rows, int64_t hidden,
+                       int64_t chunks) {
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+        float *dw = dw_partial + c * hidden;
+        for (int64_t j = 0; j < hidden; j++) dw[j] = 0.0f;
+        for (int64_t r = rows * c / chunks; r < rows * (c + 1) / chunks; r++) {
+            const float *xr = x + r * hidden, *dyr = dy + r * hidden;
+            float *dxr = dx + r * hidden, s = rstd[r], dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t j = 0; j < hidden; j++) dot += dyr[j] * w[j] * xr[j];
+            float k = s * s * s * dot / (float)hidden;
+#pragma omp simd
+            for (int64_t j = 0; j < hidden; j++) {
+                dxr[j] = s * dyr[j] * w[j] - xr[j] * k;
+                dw[j] += dyr[j] * xr[j] * s;
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+"""The fused CPU kernels (rlvr/kernels) against torch's ops, forward and backward, and the
+fallback to torch ops when no compiler works."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlvr import kernels
+from rlvr.native_engine import _RMSNorm, _swiglu
+
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason="no C compiler for the kernels")
+
+
+def test_swiglu_kernels_equal_torch_forward_and_backward():
+    g = torch.Generator().manual_seed(0)
+    gate_up = (torch.randn(3, 37, 2 * 96, generator=g) * 4).requires_grad_()  # silu's tails too
+    grad = torch.randn(3, 37, 96, generator=g)
+    out = _swiglu(gate_up)
+    out.backward(grad)
+    ref_in = gate_up.detach().clone().requires_grad_()
+    gate, up = ref_in.chunk(2, -1)
+    ref = F.silu(gate) * up
+    ref.backward(grad)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gate_up.grad, ref_in.grad, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the decoder's path
+        torch.testing.assert_close(_swiglu(gate_up), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_rms_norm_kernels_equal_torch_forward_and_backward():
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(5, 23, 64, generator=g) * 3).requires_grad_()
+    w = torch.randn(64, generator=g).requires_grad_()
+    dy = torch.randn(5, 23, 64, generator=g)
+    _RMSNorm.apply(x, w, 1e-6).backward(dy)
+    x_ref, w_ref = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    ref = F.rms_norm(x_ref, (64,), w_ref, 1e-6)
+    ref.backward(dy)
+    with torch.no_grad():
+        torch.testing.assert_close(_RMSNorm.apply(x, w, 1e-6), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_rms_norm_weight_gradient_does_not_depend_on_thread_count():
+    g = torch.Generator().manual_seed(2)
+    x, w, dy = torch.randn(300, 128, generator=g), torch.randn(128, generator=g), torch.randn(300, 128, generator=g)
+    _, rstd = kernels.rms_norm_forward(x, w, 1e-6, with_rstd=True)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(kernels.rms_norm_backward(dy, x, w, rstd))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_without_a_compiler_the_torch_ops_run_with_one_warning(tmp_path):
+    code = (
+        "import warnings, torch\n"
+        "from rlvr import kernels\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    assert kernels.library() is None and not kernels.applies(torch.zeros(2))\n"
+        "    kernels.library()\n"
+        "assert len(caught) == 1 and 'using torch ops' in str(caught[0].message), caught\n"
+        "from rlvr.native_engine import _swiglu\n"
+        "x = torch.randn(4, 8)\n"
+        "assert torch.allclose(_swiglu(x), torch.nn.functional.silu(x[:, :4]) * x[:, 4:])\n"
+    )
+    env = {"CC": "/bin/false", "RLVR_KERNEL_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
