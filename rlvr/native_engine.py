@@ -63,6 +63,8 @@ def sample_tokens(logits: torch.Tensor, top_p: float) -> tuple[torch.Tensor, tor
         drop_sorted = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
         drop_sorted[:, -1] = False
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    elif kernels.applies(logits):  # the same draw in one pass (same uniforms)
+        return kernels.sample_rows(logits, torch.rand(len(logits), 1))
     logp = F.log_softmax(logits, -1)
     cdf = logp.exp().cumsum(-1)
     u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
@@ -101,14 +103,18 @@ class NativeRolloutEngine:
         d, dt = self.dims, self.dtype
         H, KV, D = d.heads, d.kv_heads, d.head_dim
         end = start + 1
-        cos, signed_sin = cos.unsqueeze(1), signed_sin.unsqueeze(1)  # [N, 1, D]: every head
+        fused = kernels.applies(cos, signed_sin)
         for i, (ln1, wqkv, bqkv, wo, bo, ln2, wgu, bgu, wd, bd) in enumerate(layers):
             qkv = F.linear(_rms(x, ln1, d.eps).to(dt), wqkv, bqkv).float()
-            qk = _rope(qkv[:, : (H + KV) * D].view(N, H + KV, D), cos, signed_sin)
-            K[i, :, start].view(N, KV, D).copy_(qk[:, H:])  # one strided copy, no reshape
-            V[i, :, start].view(N, KV, D).copy_(qkv[:, (H + KV) * D :].view(N, KV, D))
+            if fused:  # RoPE, the cache writes and the query layout in one kernel
+                q = kernels.decode_qkv(qkv, cos, signed_sin, K[i, :, start], V[i, :, start], H, KV, D)
+            else:
+                qk = _rope(qkv[:, : (H + KV) * D].view(N, H + KV, D), cos[:, None], signed_sin[:, None])
+                K[i, :, start].view(N, KV, D).copy_(qk[:, H:])  # one strided copy, no reshape
+                V[i, :, start].view(N, KV, D).copy_(qkv[:, (H + KV) * D :].view(N, KV, D))
+                q = qk[:, :H]
             # grouped-query attention without repeating K/V: H/KV queries per KV head
-            q = qk[:, :H].reshape(N * KV, H // KV, D)
+            q = q.reshape(N * KV, H // KV, D)
             scores = torch.baddbmm(attn_bias, q, K[i, :, :end].transpose(1, 2), alpha=D**-0.5)
             att = torch.bmm(scores.softmax(-1), V[i, :, :end]).view(N, H * D)
             x = _residual_linear(x, att.to(dt), wo, bo)
@@ -154,6 +160,7 @@ class NativeRolloutEngine:
         key_bias = key_bias.flatten(0, 1)
         positions = mask.sum(-1, keepdim=True) + torch.arange(T, device=dev)
         cos, signed_sin = rope_tables(m, hidden, positions)  # [N, T, D]: every step's at once
+        cos, signed_sin = cos.transpose(0, 1).contiguous(), signed_sin.transpose(0, 1).contiguous()
         done = torch.zeros(N, dtype=torch.bool, device=dev)
         tokens, logps = [], []
         for t in range(T):
@@ -169,7 +176,7 @@ class NativeRolloutEngine:
             if t == T - 1 or bool(done.all()):
                 break
             x = self._forward(
-                embed(tok).float(), cos[:, t], signed_sin[:, t], layers, K, V, P + t,
+                embed(tok).float(), cos[t], signed_sin[t], layers, K, V, P + t,
                 key_bias[..., : P + t + 1],
             )
             logits = final_logits(m, x, head)
@@ -325,6 +332,43 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
 
 
+class _AttentionHeads(torch.autograd.Function):
+    """The fused projection qkv [N, S, (H+2KV)·D] → RoPE'd queries [N, H, S, D] and keys
+    [N, KV, S, D] and the values [N, KV, S, D], with the fused RoPE kernel both ways: the
+    backward writes every head's gradient straight into one [N, S, (H+2KV)·D] tensor, where
+    autograd would concatenate q with k and then qk with v."""
+
+    @staticmethod
+    def forward(ctx, qkv, cos, signed_sin, H, KV, D):
+        N, S, _ = qkv.shape
+        heads = qkv.view(N, S, H + 2 * KV, D)
+        qk = qkv.new_empty(N, H + KV, S, D)
+        kernels.rope(heads[:, :, : H + KV], cos, signed_sin, qk.transpose(1, 2))
+        v = heads[:, :, H + KV :].transpose(1, 2).contiguous()
+        ctx.save_for_backward(cos, signed_sin)
+        ctx.dims = (H, KV, D)
+        return qk[:, :H], qk[:, H:], v
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        cos, signed_sin = ctx.saved_tensors
+        H, KV, D = ctx.dims
+        N, S = cos.shape[:2]
+        d_heads = cos.new_empty(N, S, H + 2 * KV, D)
+        for grad, lo, hi in ((dq, 0, H), (dk, H, H + KV)):
+            if grad is None:
+                d_heads[:, :, lo:hi].zero_()
+            else:
+                grad = grad.float().transpose(1, 2)  # [N, S, heads, D]
+                grad = grad if grad.stride(-1) == 1 else grad.contiguous()
+                kernels.rope(grad, cos, signed_sin, d_heads[:, :, lo:hi], backward=True)
+        if dv is None:
+            d_heads[:, :, H + KV :].zero_()
+        else:
+            d_heads[:, :, H + KV :].copy_(dv.transpose(1, 2))
+        return d_heads.view(N, S, -1), None, None, None, None, None
+
+
 def decoder_layer(x, weights, cos, signed_sin, attn_bias, d: Dims, past=None):
     """One decoder layer over x [N, S, h] (fp32 residual stream), attending to `past` (K, V of
     earlier positions, [N, KV, S', D]) and to itself under attn_bias [N, 1, S, S'+S].
@@ -333,11 +377,14 @@ def decoder_layer(x, weights, cos, signed_sin, attn_bias, d: Dims, past=None):
     N, S, _ = x.shape
     H, KV, D = d.heads, d.kv_heads, d.head_dim
     qkv = F.linear(_rms(x, ln1, d.eps).to(wqkv.dtype), wqkv, bqkv).float()
-    # split, not slices: a slice's backward fills a zero tensor of the whole input first
-    qk, v = qkv.split([(H + KV) * D, KV * D], -1)
-    qk = _rope(qk.view(N, S, H + KV, D).transpose(1, 2), cos.unsqueeze(1), signed_sin.unsqueeze(1))
-    q, k = qk.split([H, KV], 1)  # RoPE on queries and keys in one pass
-    v = v.view(N, S, KV, D).transpose(1, 2)
+    if kernels.applies(qkv, cos, signed_sin):
+        q, k, v = _AttentionHeads.apply(qkv, cos, signed_sin, H, KV, D)
+    else:
+        # split, not slices: a slice's backward fills a zero tensor of the whole input first
+        qk, v = qkv.split([(H + KV) * D, KV * D], -1)
+        qk = _rope(qk.view(N, S, H + KV, D).transpose(1, 2), cos.unsqueeze(1), signed_sin.unsqueeze(1))
+        q, k = qk.split([H, KV], 1)  # RoPE on queries and keys in one pass
+        v = v.view(N, S, KV, D).transpose(1, 2)
     keys, values = k, v
     if past is not None:
         keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)

@@ -76,7 +76,11 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.swiglu_backward.argtypes = [ptr, ptr, ptr, i64, i64]
     lib.rms_norm_forward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, f32]
     lib.rms_norm_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64]
-    for fn in (lib.swiglu_forward, lib.swiglu_backward, lib.rms_norm_forward, lib.rms_norm_backward):
+    lib.rope.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int32]
+    lib.decode_qkv.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64]
+    lib.sample_rows.argtypes = [ptr, ptr, ptr, ptr, i64, i64]
+    for fn in (lib.swiglu_forward, lib.swiglu_backward, lib.rms_norm_forward, lib.rms_norm_backward,
+               lib.rope, lib.decode_qkv, lib.sample_rows):
         fn.restype = None
     return lib
 
@@ -135,3 +139,35 @@ def rms_norm_backward(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, rstd: 
         x.numel() // hidden, hidden, RMS_NORM_CHUNKS,
     )
     return dx, dw_partial.sum(0)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, out: torch.Tensor, backward: bool = False):
+    """out = RoPE(x) (its transpose when `backward`: the gradient) for x, out [N, S, heads, D]
+    of any strides; cos, signed_sin contiguous [N, S, D]."""
+    N, S, heads, D = x.shape
+    _lib.rope(
+        x.data_ptr(), *x.stride()[:3], cos.data_ptr(), signed_sin.data_ptr(), out.data_ptr(),
+        *out.stride()[:3], N, S, heads, D, int(backward),
+    )
+    return out
+
+
+def decode_qkv(qkv, cos, signed_sin, k_slot, v_slot, heads: int, kv_heads: int, head_dim: int):
+    """One decode step: RoPE'd queries [N, heads, D] returned, RoPE'd keys and the values
+    written into the cache slots k_slot, v_slot ([N·kv_heads, D] views, any row stride)."""
+    N = qkv.shape[0]
+    q = qkv.new_empty(N, heads, head_dim)
+    _lib.decode_qkv(
+        qkv.data_ptr(), qkv.stride(0), cos.data_ptr(), signed_sin.data_ptr(), q.data_ptr(),
+        k_slot.data_ptr(), v_slot.data_ptr(), k_slot.stride(0), N, heads, kv_heads, head_dim,
+    )
+    return q
+
+
+def sample_rows(logits: torch.Tensor, u: torch.Tensor):
+    """Inverse-CDF draws from softmax(logits) [N, V] at uniforms u [N]: (tokens, log-probs)."""
+    N, V = logits.shape
+    tokens = torch.empty(N, dtype=torch.int64)
+    logp = logits.new_empty(N)
+    _lib.sample_rows(logits.data_ptr(), u.data_ptr(), tokens.data_ptr(), logp.data_ptr(), N, V)
+    return tokens, logp

@@ -100,3 +100,82 @@ void rms_norm_backward(const float *dy, const float *x, const float *w, const fl
         }
     }
 }
+
+/* RoPE as the native layers apply it (rlvr/native_engine.py: _rope): per head,
+ * y_j = x_j·cos_j + x_{(j+D/2) mod D}·sin_j (sin signed as rope_tables makes it). `transpose`
+ * applies the transposed map, the backward: dx_j = dy_j·cos_j + dy_{(j+D/2) mod D}·sin_{(j+D/2) mod D}.
+ * x and y are [N, S, heads, D] with any strides (in floats) over N, S and heads; cos/sin are
+ * contiguous [N, S, D]. */
+void rope(const float *x, int64_t xn, int64_t xs, int64_t xh, const float *cos_,
+          const float *sin_, float *y, int64_t yn, int64_t ys, int64_t yh, int64_t N, int64_t S,
+          int64_t heads, int64_t D, int32_t transpose) {
+    const int64_t half = D / 2;
+#pragma omp parallel for collapse(2) schedule(static) if (N * S * heads * D > 32768)
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t s = 0; s < S; s++) {
+            const float *c = cos_ + (n * S + s) * D, *sn = sin_ + (n * S + s) * D;
+            const float *s_lo = transpose ? sn + half : sn, *s_hi = transpose ? sn : sn + half;
+            for (int64_t h = 0; h < heads; h++) {
+                const float *xr = x + n * xn + s * xs + h * xh;
+                float *yr = y + n * yn + s * ys + h * yh;
+#pragma omp simd
+                for (int64_t j = 0; j < half; j++) yr[j] = xr[j] * c[j] + xr[j + half] * s_lo[j];
+#pragma omp simd
+                for (int64_t j = 0; j < half; j++)
+                    yr[half + j] = xr[half + j] * c[half + j] + xr[j] * s_hi[j];
+            }
+        }
+    }
+}
+
+/* One decode step's attention inputs from the fused projection qkv [N, (H+2KV)·D] (row stride
+ * `ld`): RoPE'd queries into q [N, H, D], RoPE'd keys and the values into cache slots (row n,
+ * KV head h at k_slot + (n·KV + h)·slot_stride, likewise v_slot). */
+void decode_qkv(const float *qkv, int64_t ld, const float *cos_, const float *sin_, float *q,
+                float *k_slot, float *v_slot, int64_t slot_stride, int64_t N, int64_t H,
+                int64_t KV, int64_t D) {
+    const int64_t half = D / 2;
+    for (int64_t n = 0; n < N; n++) {
+        const float *row = qkv + n * ld, *c = cos_ + n * D, *sn = sin_ + n * D;
+        for (int64_t h = 0; h < H + 2 * KV; h++) {
+            const float *xr = row + h * D;
+            float *yr = h < H ? q + (n * H + h) * D
+                              : (h < H + KV ? k_slot + (n * KV + h - H) * slot_stride
+                                            : v_slot + (n * KV + h - H - KV) * slot_stride);
+            if (h >= H + KV) {
+#pragma omp simd
+                for (int64_t j = 0; j < D; j++) yr[j] = xr[j];
+                continue;
+            }
+#pragma omp simd
+            for (int64_t j = 0; j < half; j++) yr[j] = xr[j] * c[j] + xr[j + half] * sn[j];
+#pragma omp simd
+            for (int64_t j = half; j < D; j++) yr[j] = xr[j] * c[j] + xr[j - half] * sn[j];
+        }
+    }
+}
+
+/* Inverse-CDF sampling per row of logits [N, V] (rlvr/native_engine.py: sample_tokens at
+ * top_p = 1): token = first index whose running sum of softmax probabilities exceeds u·total,
+ * and its log-probability. */
+void sample_rows(const float *logits, const float *u, int64_t *tokens, float *logp, int64_t N,
+                 int64_t V) {
+    for (int64_t n = 0; n < N; n++) {
+        const float *l = logits + n * V;
+        float mx = l[0];
+        for (int64_t j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < V; j++) sum += exp_approx(l[j] - mx);
+        float log_sum = logf(sum), target = u[n], running = 0.0f, total = 0.0f;
+        for (int64_t j = 0; j < V; j++) total += exp_approx(l[j] - mx - log_sum);
+        target *= total;
+        int64_t tok = V - 1;
+        for (int64_t j = 0; j < V; j++) {
+            running += exp_approx(l[j] - mx - log_sum);
+            if (running > target) { tok = j; break; }
+        }
+        tokens[n] = tok;
+        logp[n] = l[tok] - mx - log_sum;
+    }
+}
