@@ -1,6 +1,7 @@
 """The fused CPU kernels (rlvr/kernels) against torch's ops, forward and backward, and the
 fallback to torch ops when no compiler works."""
 
+import os
 import subprocess
 import sys
 
@@ -108,3 +109,32 @@ def test_sampling_kernel_draws_the_torch_path_tokens_from_the_same_uniforms():
         kernels._lib = lib
     assert torch.equal(tokens, ref_tokens)
     torch.testing.assert_close(logp, ref_logp, rtol=0, atol=2e-6)
+
+
+def test_token_logprobs_kernel_equals_log_softmax_gather_and_its_gradient():
+    from rlvr.policy import _TokenLogprobs
+
+    g = torch.Generator().manual_seed(6)
+    logits = (torch.randn(4, 9, 320, generator=g) * 3).requires_grad_()
+    target = torch.randint(0, 320, (4, 9), generator=g)
+    weights = torch.randn(4, 9, generator=g)
+    logp, entropy, collision = _TokenLogprobs.apply(logits, target, True)
+    (logp * weights).sum().backward()
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref_all = F.log_softmax(ref_logits, -1)
+    ref = ref_all.gather(-1, target[..., None]).squeeze(-1)
+    (ref * weights).sum().backward()
+    p = ref_all.detach().exp()
+    torch.testing.assert_close(logp, ref.detach(), rtol=0, atol=2e-6)
+    torch.testing.assert_close(entropy, -(p * ref_all.detach()).sum(-1), rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(collision, (p * p).sum(-1), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-5, atol=1e-7)
+    assert _TokenLogprobs.apply(logits.detach(), target, False)[1] is None
+
+
+def test_kernels_build_from_source_into_an_empty_cache(tmp_path):
+    code = "from rlvr import kernels\nassert kernels.library() is not None\n"
+    env = {**os.environ, "RLVR_KERNEL_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # no temporary file left behind

@@ -79,8 +79,11 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rope.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int32]
     lib.decode_qkv.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64]
     lib.sample_rows.argtypes = [ptr, ptr, ptr, ptr, i64, i64]
+    lib.token_logp_forward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ctypes.c_int32]
+    lib.token_logp_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64]
     for fn in (lib.swiglu_forward, lib.swiglu_backward, lib.rms_norm_forward, lib.rms_norm_backward,
-               lib.rope, lib.decode_qkv, lib.sample_rows):
+               lib.rope, lib.decode_qkv, lib.sample_rows, lib.token_logp_forward,
+               lib.token_logp_backward):
         fn.restype = None
     return lib
 
@@ -108,14 +111,14 @@ def applies(*tensors: torch.Tensor) -> bool:
 def swiglu_forward(gate_up: torch.Tensor) -> torch.Tensor:
     inter = gate_up.shape[-1] // 2
     out = gate_up.new_empty(*gate_up.shape[:-1], inter)
-    _lib.swiglu_forward(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // (2 * inter), inter)
+    library().swiglu_forward(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // (2 * inter), inter)
     return out
 
 
 def swiglu_backward(grad: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
     inter = grad.shape[-1]
     d_gate_up = torch.empty_like(gate_up)
-    _lib.swiglu_backward(grad.data_ptr(), gate_up.data_ptr(), d_gate_up.data_ptr(), grad.numel() // inter, inter)
+    library().swiglu_backward(grad.data_ptr(), gate_up.data_ptr(), d_gate_up.data_ptr(), grad.numel() // inter, inter)
     return d_gate_up
 
 
@@ -123,7 +126,7 @@ def rms_norm_forward(x: torch.Tensor, w: torch.Tensor, eps: float, with_rstd: bo
     hidden = x.shape[-1]
     y = torch.empty_like(x)
     rstd = x.new_empty(*x.shape[:-1], 1) if with_rstd else None
-    _lib.rms_norm_forward(
+    library().rms_norm_forward(
         x.data_ptr(), w.data_ptr(), y.data_ptr(), rstd.data_ptr() if with_rstd else None,
         x.numel() // hidden, hidden, eps,
     )
@@ -134,7 +137,7 @@ def rms_norm_backward(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, rstd: 
     hidden = x.shape[-1]
     dx = torch.empty_like(x)
     dw_partial = x.new_empty(RMS_NORM_CHUNKS, hidden)
-    _lib.rms_norm_backward(
+    library().rms_norm_backward(
         dy.data_ptr(), x.data_ptr(), w.data_ptr(), rstd.data_ptr(), dx.data_ptr(), dw_partial.data_ptr(),
         x.numel() // hidden, hidden, RMS_NORM_CHUNKS,
     )
@@ -145,7 +148,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, out: torc
     """out = RoPE(x) (its transpose when `backward`: the gradient) for x, out [N, S, heads, D]
     of any strides; cos, signed_sin contiguous [N, S, D]."""
     N, S, heads, D = x.shape
-    _lib.rope(
+    library().rope(
         x.data_ptr(), *x.stride()[:3], cos.data_ptr(), signed_sin.data_ptr(), out.data_ptr(),
         *out.stride()[:3], N, S, heads, D, int(backward),
     )
@@ -157,7 +160,7 @@ def decode_qkv(qkv, cos, signed_sin, k_slot, v_slot, heads: int, kv_heads: int, 
     written into the cache slots k_slot, v_slot ([N·kv_heads, D] views, any row stride)."""
     N = qkv.shape[0]
     q = qkv.new_empty(N, heads, head_dim)
-    _lib.decode_qkv(
+    library().decode_qkv(
         qkv.data_ptr(), qkv.stride(0), cos.data_ptr(), signed_sin.data_ptr(), q.data_ptr(),
         k_slot.data_ptr(), v_slot.data_ptr(), k_slot.stride(0), N, heads, kv_heads, head_dim,
     )
@@ -169,5 +172,29 @@ def sample_rows(logits: torch.Tensor, u: torch.Tensor):
     N, V = logits.shape
     tokens = torch.empty(N, dtype=torch.int64)
     logp = logits.new_empty(N)
-    _lib.sample_rows(logits.data_ptr(), u.data_ptr(), tokens.data_ptr(), logp.data_ptr(), N, V)
+    library().sample_rows(logits.data_ptr(), u.data_ptr(), tokens.data_ptr(), logp.data_ptr(), N, V)
     return tokens, logp
+
+
+def token_logp_forward(logits: torch.Tensor, target: torch.Tensor, stats: bool):
+    """For logits [..., V] and int64 target [...]: (lse, logp, entropy, collision), each [...];
+    entropy and collision are None unless `stats`."""
+    V = logits.shape[-1]
+    lse, logp = logits.new_empty(target.shape), logits.new_empty(target.shape)
+    entropy = logits.new_empty(target.shape) if stats else None
+    collision = logits.new_empty(target.shape) if stats else None
+    library().token_logp_forward(
+        logits.data_ptr(), target.data_ptr(), lse.data_ptr(), logp.data_ptr(),
+        entropy.data_ptr() if stats else None, collision.data_ptr() if stats else None,
+        target.numel(), V, int(stats),
+    )
+    return lse, logp, entropy, collision
+
+
+def token_logp_backward(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor, grad: torch.Tensor):
+    d_logits = torch.empty_like(logits)
+    library().token_logp_backward(
+        logits.data_ptr(), target.data_ptr(), lse.data_ptr(), grad.data_ptr(), d_logits.data_ptr(),
+        target.numel(), logits.shape[-1],
+    )
+    return d_logits

@@ -163,7 +163,8 @@ void sample_rows(const float *logits, const float *u, int64_t *tokens, float *lo
     for (int64_t n = 0; n < N; n++) {
         const float *l = logits + n * V;
         float mx = l[0];
-        for (int64_t j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+#pragma omp simd reduction(max : mx)
+        for (int64_t j = 1; j < V; j++) mx = fmaxf(mx, l[j]);
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < V; j++) sum += exp_approx(l[j] - mx);
@@ -177,5 +178,49 @@ void sample_rows(const float *logits, const float *u, int64_t *tokens, float *lo
         }
         tokens[n] = tok;
         logp[n] = l[tok] - mx - log_sum;
+    }
+}
+
+/* Per row of logits [M, V] and its target token: lse = log Σ e^l, logp = l_t − lse, and (stats
+ * non-zero) the entropy −Σ p·log p = lse − Σ p·l and the collision Σ p², p = e^(l − lse):
+ * one read of the logits instead of log_softmax's write and the passes over its result. */
+void token_logp_forward(const float *logits, const int64_t *target, float *lse, float *logp,
+                        float *entropy, float *collision, int64_t rows, int64_t V, int32_t stats) {
+#pragma omp parallel for schedule(static) if (rows * V > 32768)
+    for (int64_t m = 0; m < rows; m++) {
+        const float *l = logits + m * V;
+        float mx = l[0];
+#pragma omp simd reduction(max : mx)
+        for (int64_t j = 1; j < V; j++) mx = fmaxf(mx, l[j]);
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < V; j++) sum += exp_approx(l[j] - mx);
+        float z = mx + logf(sum);
+        lse[m] = z;
+        logp[m] = l[target[m]] - z;
+        if (stats) {
+            float pl = 0.0f, pp = 0.0f;
+#pragma omp simd reduction(+ : pl, pp)
+            for (int64_t j = 0; j < V; j++) {
+                float p = exp_approx(l[j] - z);
+                pl += p * l[j];
+                pp += p * p;
+            }
+            entropy[m] = z - pl;
+            collision[m] = pp;
+        }
+    }
+}
+
+/* d logits = grad·(onehot(target) − p) per row, p = e^(l − lse). */
+void token_logp_backward(const float *logits, const int64_t *target, const float *lse,
+                         const float *grad, float *d_logits, int64_t rows, int64_t V) {
+#pragma omp parallel for schedule(static) if (rows * V > 32768)
+    for (int64_t m = 0; m < rows; m++) {
+        const float *l = logits + m * V;
+        float *d = d_logits + m * V, g = grad[m], z = lse[m];
+#pragma omp simd
+        for (int64_t j = 0; j < V; j++) d[j] = -g * exp_approx(l[j] - z);
+        d[target[m]] += g;
     }
 }
