@@ -369,9 +369,30 @@ class _AttentionHeads(torch.autograd.Function):
         return d_heads.view(N, S, -1), None, None, None, None, None
 
 
-def decoder_layer(x, weights, cos, signed_sin, attn_bias, d: Dims, past=None):
+class _PrefixAttention(torch.autograd.Function):
+    """Completion positions attending to their prompt prefix and causally to themselves, as a
+    fused kernel both ways (rlvr.kernels): torch's CPU flash attention spends most of its time on
+    blocking overhead at these lengths (tens of positions). Returns [N, S, H, D]."""
+
+    @staticmethod
+    def forward(ctx, q, keys, values, prompt_mask, scale):
+        out, lse = kernels.prefix_attention_forward(q, keys, values, prompt_mask, scale)
+        ctx.save_for_backward(q, keys, values, prompt_mask, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        dq, d_keys, d_values = kernels.prefix_attention_backward(
+            *ctx.saved_tensors, d_out.contiguous(), ctx.scale
+        )
+        return dq, d_keys, d_values, None, None
+
+
+def decoder_layer(x, weights, cos, signed_sin, attn_bias, d: Dims, past=None, prompt_mask=None):
     """One decoder layer over x [N, S, h] (fp32 residual stream), attending to `past` (K, V of
-    earlier positions, [N, KV, S', D]) and to itself under attn_bias [N, 1, S, S'+S].
+    earlier positions, [N, KV, S', D]) and to itself under attn_bias [N, 1, S, S'+S] (with
+    `past` a left-padded prompt, the kernel path reads its padding from prompt_mask [N, S']).
     Returns (x, k, v) with this layer's keys (after RoPE) and values of the S positions."""
     ln1, wqkv, bqkv, wo, bo, ln2, wgu, bgu, wd, bd = weights
     N, S, _ = x.shape
@@ -388,12 +409,15 @@ def decoder_layer(x, weights, cos, signed_sin, attn_bias, d: Dims, past=None):
     keys, values = k, v
     if past is not None:
         keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-    # fp32 attention even under bf16 autocast: torch's CPU flash-attention backward is ~2.5x
-    # slower in bf16
-    with torch.autocast(x.device.type, enabled=False):
-        att = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=attn_bias, enable_gqa=H != KV
-        ).transpose(1, 2).reshape(N, S, H * D)
+    if prompt_mask is not None and kernels.applies(keys, values) and q.stride(-2) == D:
+        att = _PrefixAttention.apply(q, keys, values, prompt_mask, D**-0.5).view(N, S, H * D)
+    else:
+        # fp32 attention even under bf16 autocast: torch's CPU flash-attention backward is ~2.5x
+        # slower in bf16
+        with torch.autocast(x.device.type, enabled=False):
+            att = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=attn_bias, enable_gqa=H != KV
+            ).transpose(1, 2).reshape(N, S, H * D)
     x = x + F.linear(att.to(wo.dtype), wo, bo).float()
     gate_up = F.linear(_rms(x, ln2, d.eps).to(wgu.dtype), wgu, bgu)
     return x + F.linear(_swiglu(gate_up), wd, bd).float(), k, v
@@ -453,10 +477,11 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids) -> torch.T
     bias[..., :P] = bias[..., :P].masked_fill(prompt_mask[:, None, None, :] == 0, float("-inf"))
     causal = torch.ones(S, S, dtype=torch.bool, device=dev).tril()
     bias[..., P:] = bias[..., P:].masked_fill(~causal, float("-inf"))
+    key_mask = prompt_mask.to(torch.int64).contiguous()
     # index_select, not k[row_of]: its backward (index_add_) sums the rows' gradients in a fixed
     # order, while advanced indexing's accumulating index_put_ varies run to run on CPU
     for w, (k, v) in zip(layers, prefix_kv, strict=True):
         past = (k.index_select(0, row_of), v.index_select(0, row_of))
-        x, _, _ = decoder_layer(x, w, cos, signed_sin, bias, d, past=past)
+        x, _, _ = decoder_layer(x, w, cos, signed_sin, bias, d, past=past, prompt_mask=key_mask)
     x = torch.cat([first, x], 1)
     return final_logits(model, x)

@@ -138,3 +138,27 @@ def test_kernels_build_from_source_into_an_empty_cache(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # no temporary file left behind
+
+
+def test_prefix_attention_kernel_equals_sdpa_with_padding_and_grouped_heads():
+    from rlvr.native_engine import _PrefixAttention
+
+    g = torch.Generator().manual_seed(7)
+    N, H, KV, S, P, D = 3, 4, 2, 5, 4, 8
+    prompt_mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1], [0, 1, 1, 1]])
+    q = torch.randn(N, H, S, D, generator=g, requires_grad=True)
+    keys = torch.randn(N, KV, P + S, D, generator=g, requires_grad=True)
+    values = torch.randn(N, KV, P + S, D, generator=g, requires_grad=True)
+    d_out = torch.randn(N, S, H, D, generator=g)
+    out = _PrefixAttention.apply(q, keys, values, prompt_mask, D**-0.5)
+    out.backward(d_out)
+    grads = [t.grad.clone() for t in (q, keys, values)]
+    for t in (q, keys, values):
+        t.grad = None
+    visible = torch.cat([prompt_mask.bool()[:, None, :].expand(N, S, P), torch.ones(S, S).tril().bool().expand(N, S, S)], -1)
+    bias = torch.zeros(N, 1, S, P + S).masked_fill(~visible[:, None], float("-inf"))
+    ref = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=True).transpose(1, 2)
+    ref.backward(d_out)
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-6)
+    for mine, t in zip(grads, (q, keys, values), strict=True):
+        torch.testing.assert_close(mine, t.grad, rtol=1e-5, atol=1e-6)

@@ -81,7 +81,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.sample_rows.argtypes = [ptr, ptr, ptr, ptr, i64, i64]
     lib.token_logp_forward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ctypes.c_int32]
     lib.token_logp_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64]
-    for fn in (lib.swiglu_forward, lib.swiglu_backward, lib.rms_norm_forward, lib.rms_norm_backward,
+    lib.prefix_attention_forward.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr] + [i64] * 6 + [f32]
+    lib.prefix_attention_backward.argtypes = [ptr, i64, i64] + [ptr] * 9 + [i64] * 6 + [f32]
+    for fn in (lib.prefix_attention_forward, lib.prefix_attention_backward, lib.swiglu_forward, lib.swiglu_backward, lib.rms_norm_forward, lib.rms_norm_backward,
                lib.rope, lib.decode_qkv, lib.sample_rows, lib.token_logp_forward,
                lib.token_logp_backward):
         fn.restype = None
@@ -198,3 +200,30 @@ def token_logp_backward(logits: torch.Tensor, target: torch.Tensor, lse: torch.T
         target.numel(), logits.shape[-1],
     )
     return d_logits
+
+
+def prefix_attention_forward(q, keys, values, prompt_mask, scale: float):
+    """Attention of S completion positions over a left-padded prompt prefix of P keys and
+    themselves (causal): q [N, H, S, D] (rows of D contiguous), keys and values [N, KV, P+S, D]
+    contiguous, prompt_mask [N, P] int64. Returns (out [N, S, H, D], lse [N, H, S])."""
+    N, H, S, D = q.shape
+    KV, P = keys.shape[1], prompt_mask.shape[1]
+    out, lse = q.new_empty(N, S, H, D), q.new_empty(N, H, S)
+    library().prefix_attention_forward(
+        q.data_ptr(), q.stride(0), q.stride(1), keys.data_ptr(), values.data_ptr(),
+        prompt_mask.data_ptr(), out.data_ptr(), lse.data_ptr(), N, H, KV, S, P, D, scale,
+    )
+    return out, lse
+
+
+def prefix_attention_backward(q, keys, values, prompt_mask, out, lse, d_out, scale: float):
+    """Gradients (dq [N, H, S, D], d_keys, d_values [N, KV, P+S, D]) of prefix_attention_forward."""
+    N, H, S, D = q.shape
+    KV, P = keys.shape[1], prompt_mask.shape[1]
+    dq, d_keys, d_values = q.new_empty(N, H, S, D), torch.empty_like(keys), torch.empty_like(values)
+    library().prefix_attention_backward(
+        q.data_ptr(), q.stride(0), q.stride(1), keys.data_ptr(), values.data_ptr(),
+        prompt_mask.data_ptr(), out.data_ptr(), lse.data_ptr(), d_out.data_ptr(), dq.data_ptr(),
+        d_keys.data_ptr(), d_values.data_ptr(), N, H, KV, S, P, D, scale,
+    )
+    return dq, d_keys, d_values

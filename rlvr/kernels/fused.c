@@ -224,3 +224,96 @@ void token_logp_backward(const float *logits, const int64_t *target, const float
         d[target[m]] += g;
     }
 }
+
+/* Attention of the update's completion positions (rlvr/native_engine.py: decoder_layer with a
+ * prompt prefix): queries q [N, H, S, D] (strides qn, qh over N and heads; rows of D contiguous)
+ * over keys and values k, v [N, KV, P+S, D] (contiguous): key j is visible to query i iff
+ * j < P ? prompt_mask[n, j] : j − P <= i. Head h reads KV head h / (H/KV). Writes
+ * out [N, S, H, D] and the log-sum-exp per query lse [N, H, S] (for the backward). */
+void prefix_attention_forward(const float *q, int64_t qn, int64_t qh, const float *k,
+                              const float *v, const int64_t *prompt_mask, float *out, float *lse,
+                              int64_t N, int64_t H, int64_t KV, int64_t S, int64_t P, int64_t D,
+                              float scale) {
+    const int64_t T = P + S, G = H / KV;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t h = 0; h < H; h++) {
+            const int64_t *pm = prompt_mask + n * P;
+            const float *kh = k + (n * KV + h / G) * T * D, *vh = v + (n * KV + h / G) * T * D;
+            float p[T];
+            for (int64_t i = 0; i < S; i++) {
+                const float *qi = q + n * qn + h * qh + i * D;
+                float *o = out + ((n * S + i) * H + h) * D, mx = -3.0e38f, sum = 0.0f;
+                const int64_t last = P + i;  /* keys 0..last, prompt padding hidden */
+                for (int64_t j = 0; j <= last; j++) {
+                    if (j < P && !pm[j]) { p[j] = -3.0e38f; continue; }
+                    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                    for (int64_t c = 0; c < D; c++) dot += qi[c] * kh[j * D + c];
+                    p[j] = dot * scale;
+                    mx = fmaxf(mx, p[j]);
+                }
+                for (int64_t j = 0; j <= last; j++) {
+                    p[j] = p[j] > -1.0e38f ? exp_approx(p[j] - mx) : 0.0f;
+                    sum += p[j];
+                }
+                for (int64_t c = 0; c < D; c++) o[c] = 0.0f;
+                for (int64_t j = 0; j <= last; j++) {
+                    if (p[j] == 0.0f) continue;
+                    float w = p[j] / sum;
+#pragma omp simd
+                    for (int64_t c = 0; c < D; c++) o[c] += w * vh[j * D + c];
+                }
+                lse[(n * H + h) * S + i] = mx + logf(sum);
+            }
+        }
+    }
+}
+
+/* Its backward, per (row, KV head) so that the G query heads sharing a KV head add into dk, dv
+ * in a fixed order: p = e^(q·k·scale − lse), dv += p·do, ds = p·(do·v − Σ do·o),
+ * dq += ds·k·scale, dk += ds·q·scale. dq [N, H, S, D], dk, dv [N, KV, P+S, D] contiguous. */
+void prefix_attention_backward(const float *q, int64_t qn, int64_t qh, const float *k,
+                               const float *v, const int64_t *prompt_mask, const float *out,
+                               const float *lse, const float *d_out, float *dq, float *dk,
+                               float *dv, int64_t N, int64_t H, int64_t KV, int64_t S, int64_t P,
+                               int64_t D, float scale) {
+    const int64_t T = P + S, G = H / KV;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t kvh = 0; kvh < KV; kvh++) {
+            const int64_t *pm = prompt_mask + n * P;
+            const float *kh = k + (n * KV + kvh) * T * D, *vh = v + (n * KV + kvh) * T * D;
+            float *dkh = dk + (n * KV + kvh) * T * D, *dvh = dv + (n * KV + kvh) * T * D;
+            for (int64_t j = 0; j < T * D; j++) { dkh[j] = 0.0f; dvh[j] = 0.0f; }
+            for (int64_t h = kvh * G; h < (kvh + 1) * G; h++) {
+                for (int64_t i = 0; i < S; i++) {
+                    const float *qi = q + n * qn + h * qh + i * D;
+                    const float *o = out + ((n * S + i) * H + h) * D;
+                    const float *g = d_out + ((n * S + i) * H + h) * D;
+                    float *dqi = dq + ((n * H + h) * S + i) * D, z = lse[(n * H + h) * S + i];
+                    float delta = 0.0f;
+#pragma omp simd reduction(+ : delta)
+                    for (int64_t c = 0; c < D; c++) delta += g[c] * o[c];
+                    for (int64_t c = 0; c < D; c++) dqi[c] = 0.0f;
+                    for (int64_t j = 0; j <= P + i; j++) {
+                        if (j < P && !pm[j]) continue;
+                        float dot = 0.0f, dp = 0.0f;
+#pragma omp simd reduction(+ : dot, dp)
+                        for (int64_t c = 0; c < D; c++) {
+                            dot += qi[c] * kh[j * D + c];
+                            dp += g[c] * vh[j * D + c];
+                        }
+                        float p = exp_approx(dot * scale - z), ds = p * (dp - delta) * scale;
+#pragma omp simd
+                        for (int64_t c = 0; c < D; c++) {
+                            dvh[j * D + c] += p * g[c];
+                            dqi[c] += ds * kh[j * D + c];
+                            dkh[j * D + c] += ds * qi[c];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
