@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from rlvr import kernels
 from rlvr.native_engine import _RMSNorm, _swiglu
 
-pytestmark = pytest.mark.skipif(kernels.library() is None, reason="no C compiler for the kernels")
+needs_kernels = pytest.mark.skipif(kernels.library() is None, reason="no C compiler for the kernels")
 
 
+@needs_kernels
 def test_swiglu_kernels_equal_torch_forward_and_backward():
     g = torch.Generator().manual_seed(0)
     gate_up = (torch.randn(3, 37, 2 * 96, generator=g) * 4).requires_grad_()  # silu's tails too
@@ -31,6 +32,7 @@ def test_swiglu_kernels_equal_torch_forward_and_backward():
         torch.testing.assert_close(_swiglu(gate_up), ref, rtol=1e-6, atol=1e-6)
 
 
+@needs_kernels
 def test_rms_norm_kernels_equal_torch_forward_and_backward():
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(5, 23, 64, generator=g) * 3).requires_grad_()
@@ -46,6 +48,7 @@ def test_rms_norm_kernels_equal_torch_forward_and_backward():
     torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-5)
 
 
+@needs_kernels
 def test_rms_norm_weight_gradient_does_not_depend_on_thread_count():
     g = torch.Generator().manual_seed(2)
     x, w, dy = torch.randn(300, 128, generator=g), torch.randn(128, generator=g), torch.randn(300, 128, generator=g)
@@ -79,6 +82,7 @@ def test_without_a_compiler_the_torch_ops_run_with_one_warning(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@needs_kernels
 def test_rope_kernel_equals_torch_forward_and_its_transpose_backward():
     g = torch.Generator().manual_seed(3)
     N, S, heads, D = 3, 5, 6, 16
@@ -94,6 +98,7 @@ def test_rope_kernel_equals_torch_forward_and_its_transpose_backward():
     torch.testing.assert_close(back, x_ref.grad, rtol=1e-6, atol=1e-6)
 
 
+@needs_kernels
 def test_sampling_kernel_draws_the_torch_path_tokens_from_the_same_uniforms():
     from rlvr.native_engine import sample_tokens
 
@@ -111,6 +116,7 @@ def test_sampling_kernel_draws_the_torch_path_tokens_from_the_same_uniforms():
     torch.testing.assert_close(logp, ref_logp, rtol=0, atol=2e-6)
 
 
+@needs_kernels
 def test_token_logprobs_kernel_equals_log_softmax_gather_and_its_gradient():
     from rlvr.policy import _TokenLogprobs
 
@@ -132,6 +138,7 @@ def test_token_logprobs_kernel_equals_log_softmax_gather_and_its_gradient():
     assert _TokenLogprobs.apply(logits.detach(), target, False)[1] is None
 
 
+@needs_kernels
 def test_kernels_build_from_source_into_an_empty_cache(tmp_path):
     code = "from rlvr import kernels\nassert kernels.library() is not None\n"
     env = {**os.environ, "RLVR_KERNEL_CACHE": str(tmp_path)}
@@ -140,6 +147,7 @@ def test_kernels_build_from_source_into_an_empty_cache(tmp_path):
     assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # no temporary file left behind
 
 
+@needs_kernels
 def test_prefix_attention_kernel_equals_sdpa_with_padding_and_grouped_heads():
     from rlvr.native_engine import _PrefixAttention
 
