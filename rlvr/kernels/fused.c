@@ -155,6 +155,16 @@ void decode_qkv(const float *qkv, int64_t ld, const float *cos_, const float *si
     }
 }
 
+/* log Σ_j e^(l_j), from the row's maximum */
+static inline float log_sum_exp(const float *l, int64_t V) {
+    float mx = l[0], sum = 0.0f;
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 1; j < V; j++) mx = fmaxf(mx, l[j]);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < V; j++) sum += exp_approx(l[j] - mx);
+    return mx + logf(sum);
+}
+
 /* Inverse-CDF sampling per row of logits [N, V] (rlvr/native_engine.py: sample_tokens at
  * top_p = 1): token = first index whose running sum of softmax probabilities exceeds u·total,
  * and its log-probability. */
@@ -162,22 +172,16 @@ void sample_rows(const float *logits, const float *u, int64_t *tokens, float *lo
                  int64_t V) {
     for (int64_t n = 0; n < N; n++) {
         const float *l = logits + n * V;
-        float mx = l[0];
-#pragma omp simd reduction(max : mx)
-        for (int64_t j = 1; j < V; j++) mx = fmaxf(mx, l[j]);
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < V; j++) sum += exp_approx(l[j] - mx);
-        float log_sum = logf(sum), target = u[n], running = 0.0f, total = 0.0f;
-        for (int64_t j = 0; j < V; j++) total += exp_approx(l[j] - mx - log_sum);
-        target *= total;
+        float z = log_sum_exp(l, V), running = 0.0f, total = 0.0f;
+        for (int64_t j = 0; j < V; j++) total += exp_approx(l[j] - z);
+        float target = u[n] * total;
         int64_t tok = V - 1;
         for (int64_t j = 0; j < V; j++) {
-            running += exp_approx(l[j] - mx - log_sum);
+            running += exp_approx(l[j] - z);
             if (running > target) { tok = j; break; }
         }
         tokens[n] = tok;
-        logp[n] = l[tok] - mx - log_sum;
+        logp[n] = l[tok] - z;
     }
 }
 
@@ -189,13 +193,7 @@ void token_logp_forward(const float *logits, const int64_t *target, float *lse, 
 #pragma omp parallel for schedule(static) if (rows * V > 32768)
     for (int64_t m = 0; m < rows; m++) {
         const float *l = logits + m * V;
-        float mx = l[0];
-#pragma omp simd reduction(max : mx)
-        for (int64_t j = 1; j < V; j++) mx = fmaxf(mx, l[j]);
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < V; j++) sum += exp_approx(l[j] - mx);
-        float z = mx + logf(sum);
+        float z = log_sum_exp(l, V);
         lse[m] = z;
         logp[m] = l[target[m]] - z;
         if (stats) {
