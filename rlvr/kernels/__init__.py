@@ -1,4 +1,7 @@
-"""Fused fp32 CPU kernels (fused.c) for the native layers: RMSNorm and SwiGLU, forward and back.
+"""Fused fp32 CPU kernels (fused.c) for the native layers (rlvr/native_engine.py) and the token
+log-probs (rlvr/policy.py): RMSNorm, SwiGLU, RoPE, the update's attention over the prompt and the
+log-probs with their statistics, forward and backward; the decoder's RoPE-and-cache step and
+its sampling.
 
 Why: at the sizes rlvr benchmarks on CPU, eager PyTorch's elementwise passes are memory-bound
 (RMSNorm is ~6 of them, SwiGLU's backward 3 plus a concatenation of the gate and up gradients),
@@ -71,22 +74,23 @@ def _build() -> Path:
 
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    lib.swiglu_forward.argtypes = [ptr, ptr, i64, i64]
-    lib.swiglu_backward.argtypes = [ptr, ptr, ptr, i64, i64]
-    lib.rms_norm_forward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, f32]
-    lib.rms_norm_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64]
-    lib.rope.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int32]
-    lib.decode_qkv.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64]
-    lib.sample_rows.argtypes = [ptr, ptr, ptr, ptr, i64, i64]
-    lib.token_logp_forward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ctypes.c_int32]
-    lib.token_logp_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64]
-    lib.prefix_attention_forward.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr] + [i64] * 6 + [f32]
-    lib.prefix_attention_backward.argtypes = [ptr, i64, i64] + [ptr] * 9 + [i64] * 6 + [f32]
-    for fn in (lib.prefix_attention_forward, lib.prefix_attention_backward, lib.swiglu_forward, lib.swiglu_backward, lib.rms_norm_forward, lib.rms_norm_backward,
-               lib.rope, lib.decode_qkv, lib.sample_rows, lib.token_logp_forward,
-               lib.token_logp_backward):
-        fn.restype = None
+    ptr, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
+    signatures = {  # argument types of each C function (all return void)
+        "swiglu_forward": [ptr, ptr, i64, i64],
+        "swiglu_backward": [ptr, ptr, ptr, i64, i64],
+        "rms_norm_forward": [ptr, ptr, ptr, ptr, i64, i64, f32],
+        "rms_norm_backward": [ptr] * 6 + [i64] * 3,
+        "rope": [ptr, i64, i64, i64, ptr, ptr, ptr] + [i64] * 7 + [i32],
+        "decode_qkv": [ptr, i64] + [ptr] * 5 + [i64] * 5,
+        "sample_rows": [ptr] * 4 + [i64] * 2,
+        "token_logp_forward": [ptr] * 6 + [i64] * 2 + [i32],
+        "token_logp_backward": [ptr] * 5 + [i64] * 2,
+        "prefix_attention_forward": [ptr, i64, i64] + [ptr] * 5 + [i64] * 6 + [f32],
+        "prefix_attention_backward": [ptr, i64, i64] + [ptr] * 9 + [i64] * 6 + [f32],
+    }
+    for name, argtypes in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, None
     return lib
 
 
