@@ -389,10 +389,22 @@ class _PrefixAttention(torch.autograd.Function):
         return dq, d_keys, d_values, None, None
 
 
+def _prefix_bias(prompt_mask: torch.Tensor, S: int) -> torch.Tensor:
+    """[N, 1, S, P+S]: 0 where a completion position may attend (its prompt's real tokens, itself
+    and the positions before it), -inf elsewhere — what _PrefixAttention reads from the mask."""
+    N, P = prompt_mask.shape
+    visible = torch.cat([
+        (prompt_mask != 0)[:, None, :].expand(N, S, P),
+        torch.ones(S, S, dtype=torch.bool, device=prompt_mask.device).tril().expand(N, S, S),
+    ], -1)
+    return torch.zeros(N, 1, S, P + S, device=prompt_mask.device).masked_fill(~visible[:, None], float("-inf"))
+
+
 def decoder_layer(x, weights, cos, signed_sin, attn_bias, d: Dims, past=None, prompt_mask=None):
-    """One decoder layer over x [N, S, h] (fp32 residual stream), attending to `past` (K, V of
-    earlier positions, [N, KV, S', D]) and to itself under attn_bias [N, 1, S, S'+S] (with
-    `past` a left-padded prompt, the kernel path reads its padding from prompt_mask [N, S']).
+    """One decoder layer over x [N, S, h] (fp32 residual stream). Without `past`: causal over
+    itself under attn_bias [N, 1, S, S]. With `past` (K, V of a left-padded prompt, [N, KV, P, D])
+    and its prompt_mask [N, P] instead of a bias: over the prompt's real tokens and causally over
+    itself (the fused kernel, or SDPA under the bias _prefix_bias derives).
     Returns (x, k, v) with this layer's keys (after RoPE) and values of the S positions."""
     ln1, wqkv, bqkv, wo, bo, ln2, wgu, bgu, wd, bd = weights
     N, S, _ = x.shape
@@ -409,9 +421,11 @@ def decoder_layer(x, weights, cos, signed_sin, attn_bias, d: Dims, past=None, pr
     keys, values = k, v
     if past is not None:
         keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-    if prompt_mask is not None and kernels.applies(keys, values) and q.stride(-2) == D:
+    if past is not None and kernels.applies(keys, values) and q.stride(-2) == D:
         att = _PrefixAttention.apply(q, keys, values, prompt_mask, D**-0.5).view(N, S, H * D)
     else:
+        if past is not None:
+            attn_bias = _prefix_bias(prompt_mask, S)
         # fp32 attention even under bf16 autocast: torch's CPU flash-attention backward is ~2.5x
         # slower in bf16
         with torch.autocast(x.device.type, enabled=False):
@@ -460,7 +474,6 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids) -> torch.T
     with autograd. Rows sharing a prompt share one pass over it; its keys, values and last hidden
     state are indexed into every row, so their gradients add up over the rows."""
     d = Dims.of(model.config)
-    N, P = prompt_ids.shape
     S = completion_ids.shape[1] - 1  # the last completion token predicts nothing scored here
     dev = prompt_ids.device
     layers = fused_layer_weights(model)
@@ -473,15 +486,11 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids) -> torch.T
     x = model.model.embed_tokens(completion_ids[:, :S]).float()
     positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(S, device=dev)
     cos, signed_sin = rope_tables(model, x, positions)
-    bias = torch.zeros(N, 1, S, P + S, device=dev)
-    bias[..., :P] = bias[..., :P].masked_fill(prompt_mask[:, None, None, :] == 0, float("-inf"))
-    causal = torch.ones(S, S, dtype=torch.bool, device=dev).tril()
-    bias[..., P:] = bias[..., P:].masked_fill(~causal, float("-inf"))
     key_mask = prompt_mask.to(torch.int64).contiguous()
     # index_select, not k[row_of]: its backward (index_add_) sums the rows' gradients in a fixed
     # order, while advanced indexing's accumulating index_put_ varies run to run on CPU
     for w, (k, v) in zip(layers, prefix_kv, strict=True):
         past = (k.index_select(0, row_of), v.index_select(0, row_of))
-        x, _, _ = decoder_layer(x, w, cos, signed_sin, bias, d, past=past, prompt_mask=key_mask)
+        x, _, _ = decoder_layer(x, w, cos, signed_sin, None, d, past=past, prompt_mask=key_mask)
     x = torch.cat([first, x], 1)
     return final_logits(model, x)
