@@ -27,7 +27,7 @@ SETTINGS = {  # the issue's measured setting: 600K-param Qwen2, 16 prompts × 8,
 
 
 def _prepare(workdir: Path) -> tuple[Path, Path]:
-    from evals.suites import write_suite
+    from rlvr.data import write_suite
     from rlvr.models import build_tiny_model, save_checkpoint
 
     write_suite("math", workdir / "data", seed=0, n_train=2000, n_test=16)
@@ -71,8 +71,8 @@ def _trl(model: Path, data: Path, out: Path, precision: str) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from evals.suites import load_records
     from evals.verifiers import math_reward
+    from rlvr.data import load_records
 
     s = SETTINGS
     torch.set_num_threads(s["threads"])
@@ -187,7 +187,7 @@ def main(repeats: int = REPEATS, out_md: str | None = "results/perf.md") -> str:
     summary = {k: summarize(v) for k, v in results.items()}
     n_params = sum(p.numel() for p in build_tiny_model(s["family"])[0].parameters())
     torch.set_num_threads(s["threads"])
-    from rlvr import kernels
+    from rlvr.native import kernels
 
     kernel_state = "built and used" if kernels.library() is not None else "unavailable, torch ops ran"
     rate = {"fp32": matmul_gflops("float32"), "bf16": matmul_gflops("bfloat16")}
@@ -202,7 +202,7 @@ def main(repeats: int = REPEATS, out_md: str | None = "results/perf.md") -> str:
         "attention (its faster settings on this machine; SDPA measured 0.44 s fp32 / 0.49 s bf16 "
         "vs eager 0.42 / 0.40). Ours: rollout.engine=auto and train.forward=auto (rlvr's native "
         "Llama/Qwen2 layers for this Qwen2: KV-cached sampling; an update forward that runs each "
-        "prompt once for its completions; fused fp32 C kernels from rlvr/kernels for RMSNorm, "
+        "prompt once for its completions; fused fp32 C kernels from rlvr/native/kernels for RMSNorm, "
         f"SwiGLU, RoPE, the attention over the prompt, token log-probs and sampling: {kernel_state}), "
         "train.entropy_delta_every=0 (a diagnostic forward TRL "
         "has no counterpart for); the row `ours, train.forward=hf` is our loop scoring with the "

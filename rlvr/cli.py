@@ -20,7 +20,7 @@ from rlvr.config import ConfigError, load_config
 
 
 def _cmd_data(args) -> None:
-    from evals.suites import write_suite
+    from rlvr.data import write_suite
 
     params = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
     write_suite(args.suite, args.out, seed=args.seed, **params)
@@ -36,8 +36,8 @@ def _cmd_sft(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from rlvr.policy import shutdown_distributed
     from rlvr.train import train
+    from rlvr.update.distributed import shutdown_distributed
 
     try:
         status = train(load_config(args.config, args.overrides))

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evals.suites import get_suite, load_records
+from evals.suites import get_suite
 from evals.verifiers import get_reward
 from rlvr.config import RunConfig
+from rlvr.data import load_records
 from rlvr.io import atomic_write_json
 from rlvr.models import (
     TinySpec,

@@ -17,7 +17,7 @@ os.environ.setdefault(
 
 @pytest.fixture(scope="session")
 def math_data(tmp_path_factory) -> Path:
-    from evals.suites import write_suite
+    from rlvr.data import write_suite
 
     out = tmp_path_factory.mktemp("data") / "math"
     write_suite("math", out, seed=0)

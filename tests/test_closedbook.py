@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.suites import SUITES, get_suite, load_records, write_suite
+from evals.suites import SUITES, get_suite
 from evals.suites.closedbook import (
     QUESTIONS,
     TEMPLATES,
@@ -20,6 +20,7 @@ from evals.suites.closedbook import (
     knowledge_base,
 )
 from evals.verifiers import get_reward, qa_em, qa_f1
+from rlvr.data import load_records, write_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = get_suite("closedbook")
@@ -48,7 +49,7 @@ def test_same_seed_gives_byte_identical_files_in_any_process(tmp_path: Path) -> 
     assert again == first and set(first) == {"train", "test"}
     assert other["train"] != first["train"] and other["test"] != first["test"]
     # str hashing is randomised per process; the files must not depend on it.
-    code = "import sys; from evals.suites import write_suite; write_suite('closedbook', sys.argv[1], seed=0)"
+    code = "import sys; from rlvr.data import write_suite; write_suite('closedbook', sys.argv[1], seed=0)"
     for hash_seed in ("1", "2"):
         out = tmp_path / f"proc{hash_seed}"
         env = {"PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)}

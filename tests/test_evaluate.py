@@ -18,7 +18,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from lm_eval.api.model import LM  # noqa: E402
 
-from evals.suites import SUITES, get_suite, load_records, write_suite  # noqa: E402
+from evals.suites import SUITES, get_suite  # noqa: E402
 from evals.suites.loaders import BENCHMARKS, DatasetUnavailableError, load_benchmark  # noqa: E402
 from evals.tasks import (  # noqa: E402
     TASKS_DIR,
@@ -28,8 +28,9 @@ from evals.tasks import (  # noqa: E402
 )
 from evals.tasks.utils import completions, pass_at_k, process_math, process_qa  # noqa: E402
 from evals.verifiers import get_reward  # noqa: E402
-from rlvr import evaluate as ev  # noqa: E402
 from rlvr.config import load_config  # noqa: E402
+from rlvr.data import load_records, write_suite  # noqa: E402
+from rlvr.evaluate import harness as ev  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "evals" / "fixtures"

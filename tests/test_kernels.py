@@ -1,4 +1,4 @@
-"""The fused CPU kernels (rlvr/kernels) against torch's ops, forward and backward, and the
+"""The fused CPU kernels (rlvr/native/kernels) against torch's ops, forward and backward, and the
 fallback to torch ops when no compiler works."""
 
 import os
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlvr import kernels
-from rlvr.native_engine import _RMSNorm, _swiglu
+from rlvr.native import kernels
+from rlvr.native.layers import _RMSNorm, swiglu
 
 needs_kernels = pytest.mark.skipif(kernels.library() is None, reason="no C compiler for the kernels")
 
@@ -20,7 +20,7 @@ def test_swiglu_kernels_equal_torch_forward_and_backward():
     g = torch.Generator().manual_seed(0)
     gate_up = (torch.randn(3, 37, 2 * 96, generator=g) * 4).requires_grad_()  # silu's tails too
     grad = torch.randn(3, 37, 96, generator=g)
-    out = _swiglu(gate_up)
+    out = swiglu(gate_up)
     out.backward(grad)
     ref_in = gate_up.detach().clone().requires_grad_()
     gate, up = ref_in.chunk(2, -1)
@@ -29,7 +29,7 @@ def test_swiglu_kernels_equal_torch_forward_and_backward():
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(gate_up.grad, ref_in.grad, rtol=1e-5, atol=1e-6)
     with torch.no_grad():  # the decoder's path
-        torch.testing.assert_close(_swiglu(gate_up), ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(swiglu(gate_up), ref, rtol=1e-6, atol=1e-6)
 
 
 @needs_kernels
@@ -67,15 +67,15 @@ def test_rms_norm_weight_gradient_does_not_depend_on_thread_count():
 def test_without_a_compiler_the_torch_ops_run_with_one_warning(tmp_path):
     code = (
         "import warnings, torch\n"
-        "from rlvr import kernels\n"
+        "from rlvr.native import kernels\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
         "    assert kernels.library() is None and not kernels.applies(torch.zeros(2))\n"
         "    kernels.library()\n"
         "assert len(caught) == 1 and 'using torch ops' in str(caught[0].message), caught\n"
-        "from rlvr.native_engine import _swiglu\n"
+        "from rlvr.native.layers import swiglu\n"
         "x = torch.randn(4, 8)\n"
-        "assert torch.allclose(_swiglu(x), torch.nn.functional.silu(x[:, :4]) * x[:, 4:])\n"
+        "assert torch.allclose(swiglu(x), torch.nn.functional.silu(x[:, :4]) * x[:, 4:])\n"
     )
     env = {"CC": "/bin/false", "RLVR_KERNEL_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -100,7 +100,7 @@ def test_rope_kernel_equals_torch_forward_and_its_transpose_backward():
 
 @needs_kernels
 def test_sampling_kernel_draws_the_torch_path_tokens_from_the_same_uniforms():
-    from rlvr.native_engine import sample_tokens
+    from rlvr.rollout.native import sample_tokens
 
     logits = torch.randn(64, 320, generator=torch.Generator().manual_seed(4)) * 3
     torch.manual_seed(5)
@@ -118,7 +118,7 @@ def test_sampling_kernel_draws_the_torch_path_tokens_from_the_same_uniforms():
 
 @needs_kernels
 def test_token_logprobs_kernel_equals_log_softmax_gather_and_its_gradient():
-    from rlvr.policy import _TokenLogprobs
+    from rlvr.update.scoring import _TokenLogprobs
 
     g = torch.Generator().manual_seed(6)
     logits = (torch.randn(4, 9, 320, generator=g) * 3).requires_grad_()
@@ -140,7 +140,7 @@ def test_token_logprobs_kernel_equals_log_softmax_gather_and_its_gradient():
 
 @needs_kernels
 def test_kernels_build_from_source_into_an_empty_cache(tmp_path):
-    code = "from rlvr import kernels\nassert kernels.library() is not None\n"
+    code = "from rlvr.native import kernels\nassert kernels.library() is not None\n"
     env = {**os.environ, "RLVR_KERNEL_CACHE": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -149,7 +149,7 @@ def test_kernels_build_from_source_into_an_empty_cache(tmp_path):
 
 @needs_kernels
 def test_prefix_attention_kernel_equals_sdpa_with_padding_and_grouped_heads():
-    from rlvr.native_engine import _PrefixAttention
+    from rlvr.native.layers import _PrefixAttention
 
     g = torch.Generator().manual_seed(7)
     N, H, KV, S, P, D = 3, 4, 2, 5, 4, 8
@@ -178,7 +178,7 @@ def test_native_forward_gives_the_same_logits_and_gradients_without_the_kernels(
     through the whole update forward: grouped heads, biases, left padding."""
     from test_native_engine import gqa_llama_with_biases, teacher_forcing_batch
 
-    from rlvr.native_engine import completion_logits
+    from rlvr.native.forward import completion_logits
 
     model, tok = gqa_llama_with_biases()
     prompt_ids, prompt_mask, completion, mask = teacher_forcing_batch(tok, model.config.vocab_size)

@@ -14,7 +14,7 @@ import pytest
 # No test here may reach the hub; set before `datasets` is first imported (it reads it once).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from evals.suites import SUITES, write_suite  # noqa: E402
+from evals.suites import SUITES  # noqa: E402
 from evals.suites.loaders import (  # noqa: E402
     BENCHMARKS,
     MATH_INSTRUCTION,
@@ -22,6 +22,7 @@ from evals.suites.loaders import (  # noqa: E402
     load_benchmark,
 )
 from evals.verifiers import get_reward  # noqa: E402
+from rlvr.data import write_suite  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "evals" / "fixtures"

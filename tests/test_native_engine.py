@@ -9,16 +9,11 @@ from transformers.generation.logits_process import TopPLogitsWarper
 
 from rlvr.config import RolloutConfig
 from rlvr.models import build_tiny_model, build_tokenizer
-from rlvr.native_engine import (
-    NativeRolloutEngine,
-    _RMSNorm,
-    _SwiGLU,
-    completion_logits,
-    sample_tokens,
-    unique_prompts,
-    unsupported_reason,
-)
-from rlvr.rollout import HFRolloutEngine, make_rollout_engine
+from rlvr.native.forward import completion_logits
+from rlvr.native.layers import _RMSNorm, _SwiGLU, unique_prompts
+from rlvr.native.support import unsupported_reason
+from rlvr.rollout import HFRolloutEngine, NativeRolloutEngine, make_rollout_engine
+from rlvr.rollout.native import sample_tokens
 
 PROMPTS = ["Q: 1+2=", "Q: 97-53-5=", "x", "Q: (3+4)*5-6+7="]  # different lengths: left padding
 
@@ -160,7 +155,7 @@ def teacher_forcing_batch(tok, vocab: int, seed: int = 0, repeats: int = 1, T: i
 
 
 def hf_completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask):
-    """What rlvr.policy.Policy.score computes with train.forward=hf."""
+    """What rlvr.update.Policy.score computes with train.forward=hf."""
     attn = torch.cat([prompt_mask, completion_mask], 1)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     ids = torch.cat([prompt_ids, completion_ids], 1)
@@ -264,7 +259,7 @@ def test_native_forward_gradients_are_bitwise_reproducible():
 
 def test_train_forward_auto_picks_native_where_it_applies():
     from rlvr.config import load_config
-    from rlvr.policy import Policy
+    from rlvr.update import Policy
 
     def policy(family, forward):
         model, _ = build_tiny_model(family)

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from evals.schema import Record
-from evals.suites import SUITES, get_suite, load_records, write_suite
+from evals.suites import SUITES, get_suite
 from evals.suites import math as math_suite
 from evals.suites.multihop import RELATIONS, TEMPLATES
 from evals.verifiers import math_reward, qa_em, qa_f1
+from rlvr.data import load_records, write_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"n_train": 600, "n_test": 120}
@@ -44,7 +45,7 @@ def test_files_do_not_depend_on_the_process_hash_seed(tmp_path: Path) -> None:
     for hash_seed in ("1", "2"):
         out = tmp_path / f"proc{hash_seed}"
         code = (
-            "import sys; from evals.suites import write_suite\n"
+            "import sys; from rlvr.data import write_suite\n"
             "for n in ('math', 'multihop'):\n"
             f"    write_suite(n, sys.argv[1] + '/' + n, seed=3, **{SMALL!r})\n"
         )

@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import run_overrides
 
-from evals.suites import load_records
 from evals.verifiers import math_reward
 from rlvr.config import ConfigError, load_config
+from rlvr.data import load_records
 from rlvr.models import load_model_and_tokenizer
 from rlvr.sft import sampled_accuracy
 from rlvr.train import train
@@ -151,14 +151,14 @@ def test_trimmed_micro_batches_score_like_the_full_batch(sft_base, math_data, tm
     )))  # fmt: skip
     batch, _ = trainer.collect()
     r = batch.rollouts
-    parts = trainer.micro_batches(torch.arange(len(r.texts)), r.lengths)
+    parts = trainer.update.micro_batches(torch.arange(len(r.texts)), r.lengths)
     assert sorted(torch.cat(parts).tolist()) == list(range(len(r.texts)))
     assert all(r.lengths[p].max() <= r.lengths[q].min() for p, q in itertools.pairwise(parts))
     shortest = parts[0]
     assert r.lengths[shortest].max() < r.completion_ids.shape[1], "the seed should trim this one"
     model = trainer.policy.module
     with torch.no_grad():
-        trimmed = trainer.score(model, r, shortest, with_stats=True)
+        trimmed = trainer.update.score(model, r, shortest, with_stats=True)
         full = trainer.policy.score(model, r.prompt_ids[shortest], r.prompt_mask[shortest],
                                     r.completion_ids[shortest], r.completion_mask[shortest], 1.0, True)
     mask = r.completion_mask[shortest]
@@ -170,7 +170,7 @@ def test_trimmed_micro_batches_score_like_the_full_batch(sft_base, math_data, tm
     with torch.no_grad():
         every_row = trainer.policy.score(model, r.prompt_ids, r.prompt_mask, r.completion_ids,
                                          r.completion_mask, 1.0, True)
-    measured = trainer.measure(batch)
+    measured = trainer.update.measure(batch)
     torch.testing.assert_close(measured["logp"] * r.completion_mask,
                                every_row["logp"] * r.completion_mask, rtol=0, atol=1e-5)
 

@@ -1,9 +1,10 @@
 """The suite registry: shipped synthetic suites and real benchmarks behind one interface.
 
-    from evals.suites import SUITES, get_suite, write_suite, load_records
+    from evals.suites import SUITES, get_suite
     suite = get_suite("math")
     splits = suite.generate(n_train=4000, n_test=256, seed=0, max_operand=999)
-    write_suite("math", "data/math", seed=0, n_operands=[3, 4])   # data/math/{train,test}.jsonl
+
+(rlvr.data.write_suite writes a suite's splits to JSONL files, `rlvr data` on the command line.)
 
 Every suite's generate(n_train=None, n_test=None, seed=0, **params) returns
 {split: [Record, ...]}. Synthetic suites default to 4000/256 and are deterministic for a seed;
@@ -18,12 +19,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from evals.schema import Record
 from evals.suites import closedbook, loaders, multihop
 from evals.suites import math as math_suite
-from rlvr.io import atomic_write_jsonl, read_jsonl
 
 Splits = dict[str, list[Record]]
 
@@ -103,25 +102,3 @@ def get_suite(name: str) -> Suite:
         return SUITES[name]
     except KeyError:
         raise ValueError(f"unknown suite {name!r}; available: {available()}") from None
-
-
-def write_suite(
-    name: str,
-    out_dir: str | os.PathLike,
-    seed: int = 0,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    **params: Any,
-) -> dict[str, Path]:
-    """Generate a suite and write out_dir/<split>.jsonl atomically; returns {split: path}."""
-    splits = get_suite(name).generate(n_train=n_train, n_test=n_test, seed=seed, **params)
-    paths = {}
-    for split, records in splits.items():
-        paths[split] = Path(out_dir) / f"{split}.jsonl"
-        atomic_write_jsonl(paths[split], (r.to_dict() for r in records))
-    return paths
-
-
-def load_records(path: str | os.PathLike) -> list[Record]:
-    """Records from a JSONL file written by write_suite."""
-    return [Record.from_dict(d) for d in read_jsonl(path)]

@@ -8,7 +8,7 @@ export WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 python - "$OUT" <<'PY'
 import sys
 from rlvr.models import build_tiny_model, save_checkpoint
-from evals.suites import write_suite
+from rlvr.data import write_suite
 out = sys.argv[1]
 write_suite("math", f"{out}/data", seed=0, n_train=512, n_test=32)
 model, tok = build_tiny_model("qwen2")

@@ -1,4 +1,4 @@
-/* Fused fp32 CPU kernels for rlvr's native Llama/Qwen2 layers (see rlvr/kernels/__init__.py).
+/* Fused fp32 CPU kernels for rlvr's native Llama/Qwen2 layers (see rlvr/native/kernels/__init__.py).
  *
  * Eager PyTorch runs RMSNorm as ~6 passes over its input and SwiGLU's backward as 3 passes plus
  * a concatenation; at the sizes rlvr benchmarks on CPU those passes are memory-bound, so each
@@ -13,7 +13,7 @@
 /* e^x, vectorizable (libm's expf is not, without -ffast-math): x = n·ln2 + r, |r| <= ln2/2,
  * e^r by the Cephes polynomial, 2^n through the exponent bits; ~1 ulp over the clamped range.
  * The vectorizer needs fminf/fmaxf as plain min/max instructions, hence -ffinite-math-only
- * (rlvr/kernels/__init__.py): a NaN input still comes out NaN, through the products with g. */
+ * (rlvr/native/kernels/__init__.py): a NaN input still comes out NaN, through the products with g. */
 static inline float exp_approx(float x) {
     x = fminf(fmaxf(x, -87.3f), 88.7f);
     float n = floorf(x * 1.44269504088896341f + 0.5f);
@@ -101,7 +101,7 @@ void rms_norm_backward(const float *dy, const float *x, const float *w, const fl
     }
 }
 
-/* RoPE as the native layers apply it (rlvr/native_engine.py: _rope): per head,
+/* RoPE as the native layers apply it (rlvr/native/layers.py: apply_rope): per head,
  * y_j = x_j·cos_j + x_{(j+D/2) mod D}·sin_j (sin signed as rope_tables makes it). `transpose`
  * applies the transposed map, the backward: dx_j = dy_j·cos_j + dy_{(j+D/2) mod D}·sin_{(j+D/2) mod D}.
  * x and y are [N, S, heads, D] with any strides (in floats) over N, S and heads; cos/sin are
@@ -165,7 +165,7 @@ static inline float log_sum_exp(const float *l, int64_t V) {
     return mx + logf(sum);
 }
 
-/* Inverse-CDF sampling per row of logits [N, V] (rlvr/native_engine.py: sample_tokens at
+/* Inverse-CDF sampling per row of logits [N, V] (rlvr/rollout/native.py: sample_tokens at
  * top_p = 1): token = first index whose running sum of softmax probabilities exceeds u·total,
  * and its log-probability. */
 void sample_rows(const float *logits, const float *u, int64_t *tokens, float *logp, int64_t N,
@@ -223,7 +223,7 @@ void token_logp_backward(const float *logits, const int64_t *target, const float
     }
 }
 
-/* Attention of the update's completion positions (rlvr/native_engine.py: decoder_layer with a
+/* Attention of the update's completion positions (rlvr/native/layers.py: decoder_layer with a
  * prompt prefix): queries q [N, H, S, D] (strides qn, qh over N and heads; rows of D contiguous)
  * over keys and values k, v [N, KV, P+S, D] (contiguous): key j is visible to query i iff
  * j < P ? prompt_mask[n, j] : j − P <= i. Head h reads KV head h / (H/KV). Writes

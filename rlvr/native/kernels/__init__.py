@@ -1,5 +1,5 @@
-"""Fused fp32 CPU kernels (fused.c) for the native layers (rlvr/native_engine.py) and the token
-log-probs (rlvr/policy.py): RMSNorm, SwiGLU, RoPE, the update's attention over the prompt and the
+"""Fused fp32 CPU kernels (fused.c) for the native layers (rlvr/native/layers.py) and the token
+log-probs (rlvr/update/scoring.py): RMSNorm, SwiGLU, RoPE, the update's attention over the prompt and the
 log-probs with their statistics, forward and backward; the decoder's RoPE-and-cache step and
 its sampling.
 

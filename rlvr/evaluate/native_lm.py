@@ -2,7 +2,7 @@
 
 Everything except generation stays lm-eval's HFLM: request grouping and batching, context
 encoding and left truncation, stop-sequence post-processing, log-likelihood requests. Only
-`_model_generate` changes, to the decoder the RL loop samples with (rlvr/native_engine.py), so
+`_model_generate` changes, to the decoder the RL loop samples with (rlvr/rollout/native.py), so
 evaluating a tiny model does not pay transformers' per-token `generate` overhead. Stop strings
 other than EOS are applied by lm-eval to the decoded text, as with the hf backend.
 """
@@ -13,7 +13,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from rlvr.config import RolloutConfig
-from rlvr.native_engine import NativeRolloutEngine
+from rlvr.rollout.native import NativeRolloutEngine
 
 SUPPORTED_KWARGS = {"do_sample", "temperature", "top_p", "top_k", "attention_mask"}
 

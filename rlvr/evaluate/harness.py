@@ -181,7 +181,7 @@ def _load_lm(cfg: RunConfig, checkpoint: Path):
     from lm_eval.models.huggingface import HFLM
 
     from rlvr.models import load_model_and_tokenizer
-    from rlvr.native_engine import picks_native, unsupported_reason
+    from rlvr.native.support import picks_native, unsupported_reason
 
     if cfg.train.threads:  # the same CPU thread budget as the run's other stages
         torch.set_num_threads(cfg.train.threads)
@@ -189,7 +189,7 @@ def _load_lm(cfg: RunConfig, checkpoint: Path):
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     native = picks_native(cfg.eval.backend, unsupported_reason(model))
     if native:
-        from rlvr.lm_eval_native import NativeHFLM
+        from rlvr.evaluate.native_lm import NativeHFLM
 
         lm = NativeHFLM(pretrained=model, tokenizer=tok, batch_size=cfg.eval.batch_size)
     else:

@@ -1,4 +1,4 @@
-"""Colocated vLLM rollout engine (GPU only). NEEDS THE GPU CHECK: scripts/gpu_check.sh.
+"""Colocated vLLM rollout engine (GPU only). NEEDS THE GPU CHECK: tests/gpu/check.sh.
 
 The engine lives in the trainer's process (V1 multiprocessing off, as TRL's colocate mode does),
 so weights go from the DeepSpeed module to vLLM's model by reference with `load_weights`, and
@@ -13,7 +13,7 @@ import os
 import torch
 
 from rlvr.config import RolloutConfig
-from rlvr.rollout import Rollouts
+from rlvr.rollout.base import Rollouts
 
 
 class VLLMRolloutEngine:

@@ -1,0 +1,105 @@
+"""What every rollout engine returns (`Rollouts`) and the helpers they share: prompt encoding,
+completion masks, decoding, and joining or selecting rows of rollouts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Rollouts:
+    """N = prompts × G completions, prompt left-padded, completion right-padded."""
+
+    prompt_ids: torch.Tensor  # [N, P] long
+    prompt_mask: torch.Tensor  # [N, P] long
+    completion_ids: torch.Tensor  # [N, T] long
+    completion_mask: torch.Tensor  # [N, T] float: generated tokens up to and including EOS
+    sampling_logp: torch.Tensor  # [N, T] float: log-prob under the sampling distribution
+    truncated: torch.Tensor  # [N] bool: no EOS within the budget
+    texts: list[str]  # decoded completions (special tokens removed)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1)
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[str], n: int, seed: int) -> Rollouts:
+        """Sample `n` completions for each prompt; completions of prompt i are rows i*n..i*n+n-1."""
+
+    def sync_weights(self) -> None:
+        """Make the engine sample from the policy's current weights."""
+
+
+def completion_mask_from_ids(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask tokens up to and including the first EOS; a row without EOS is truncated."""
+    is_eos = ids == eos_id
+    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after_eos).float(), ~is_eos.any(-1)
+
+
+def encode_prompts(
+    tok, prompts: list[str], max_prompt_len: int, n: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids, each prompt repeated `n` times (rows i*n..i*n+n-1 are prompt i);
+    a prompt longer than the budget is an error, never cut silently."""
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    too_long = enc["attention_mask"].sum(-1) > max_prompt_len
+    if too_long.any():
+        i = int(too_long.nonzero()[0])
+        raise ValueError(
+            f"prompt {i} has {int(enc['attention_mask'][i].sum())} tokens > "
+            f"rollout.max_prompt_len={max_prompt_len}; raise the budget or shorten the prompts"
+        )
+    return enc["input_ids"].repeat_interleave(n, 0), enc["attention_mask"].repeat_interleave(n, 0)
+
+
+def make_rollouts(tok, ids, mask, completion, sampling_logp) -> Rollouts:
+    """Mask everything after each row's first EOS and decode the completions."""
+    cmask, truncated = completion_mask_from_ids(completion, tok.eos_token_id)
+    sampling_logp = torch.where(cmask.bool(), sampling_logp, torch.zeros_like(sampling_logp))
+    texts = tok.batch_decode(
+        completion * cmask.long() + tok.pad_token_id * (1 - cmask.long()),
+        skip_special_tokens=True,
+    )
+    return Rollouts(ids, mask, completion, cmask, sampling_logp, truncated, texts)
+
+
+def cat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
+    """Concatenate rollouts of different padded widths (prompts left-, completions right-padded)."""
+    if len(parts) == 1:
+        return parts[0]
+    P = max(p.prompt_ids.shape[1] for p in parts)
+    T = max(p.completion_ids.shape[1] for p in parts)
+
+    def left(x, w, v):
+        return torch.nn.functional.pad(x, (w - x.shape[1], 0), value=v)
+
+    def right(x, w, v):
+        return torch.nn.functional.pad(x, (0, w - x.shape[1]), value=v)
+
+    return Rollouts(
+        torch.cat([left(p.prompt_ids, P, pad_id) for p in parts]),
+        torch.cat([left(p.prompt_mask, P, 0) for p in parts]),
+        torch.cat([right(p.completion_ids, T, pad_id) for p in parts]),
+        torch.cat([right(p.completion_mask, T, 0) for p in parts]),
+        torch.cat([right(p.sampling_logp, T, 0) for p in parts]),
+        torch.cat([p.truncated for p in parts]),
+        [t for p in parts for t in p.texts],
+    )
+
+
+def select_rows(r: Rollouts, idx: torch.Tensor) -> Rollouts:
+    i = idx.tolist()
+    return Rollouts(
+        r.prompt_ids[idx],
+        r.prompt_mask[idx],
+        r.completion_ids[idx],
+        r.completion_mask[idx],
+        r.sampling_logp[idx],
+        r.truncated[idx],
+        [r.texts[j] for j in i],
+    )

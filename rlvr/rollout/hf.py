@@ -1,0 +1,53 @@
+"""rollout.engine=hf: transformers `generate` with its KV cache, for any causal LM."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rlvr.config import RolloutConfig
+from rlvr.rollout.base import Rollouts, encode_prompts, make_rollouts
+
+
+class HFRolloutEngine:
+    """transformers `generate` on the policy module itself: no weight copy, nothing to sync."""
+
+    def __init__(self, model, tok, cfg: RolloutConfig, autocast_bf16: bool = False):
+        self.model, self.tok, self.cfg = model, tok, cfg
+        self.autocast_bf16 = autocast_bf16  # train.precision=bf16 on CPU: sample in bf16 too
+
+    def sync_weights(self) -> None:  # samples from the live module
+        pass
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], n: int, seed: int) -> Rollouts:
+        ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len, n)
+        torch.manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            out = self._generate(ids, mask)
+        self.model.train(was_training)
+        return self._to_rollouts(ids, mask, out)
+
+    def _generate(self, ids, mask):
+        return self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            top_k=0,
+            max_new_tokens=self.cfg.max_new_tokens,
+            pad_token_id=self.tok.pad_token_id,
+            eos_token_id=self.tok.eos_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+
+    def _to_rollouts(self, ids, mask, out) -> Rollouts:
+        completion = out.sequences[:, ids.shape[1] :]
+        # scores are the processed logits (temperature, top-p) the sampler drew from
+        scores = torch.stack(out.scores, dim=1).float()
+        sampling_logp = F.log_softmax(scores, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+        return make_rollouts(self.tok, ids, mask, completion, sampling_logp)

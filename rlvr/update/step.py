@@ -1,0 +1,219 @@
+"""One policy update on a step's batch, through the DeepSpeed engine. It never names an algorithm.
+
+    for each epoch, mini-batches of whole groups (shuffled by a generator seeded by seed and step):
+        the algorithm's normaliser over the whole mini-batch
+        micro-batches of similar length: score → algo.policy_loss → backward
+        one clipped optimizer step (a non-finite loss or gradient skips it, and is counted)
+    then the batch's statistics under the policy that sampled it: entropy, token taxonomy, the
+    engine-vs-trainer log-prob gap, and every few steps the entropy change the update made.
+
+Micro-batch losses are already divided by the mini-batch normaliser, so the gradient does not
+depend on how a mini-batch is split (rlvr/update/policy.py: unmanaged gradient accumulation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from rlvr.config import RunConfig
+from rlvr.rollout.base import Rollouts
+from rlvr.stats import token_taxonomy
+
+COUNT_STATS = ("tokens", "kept", "dropped")  # policy_loss stats that are counts, not rates
+SCORE_STATS = ("entropy", "p_token", "collision")
+
+
+@dataclass
+class Batch:
+    """One step's training batch: kept completions with rewards and advantages."""
+
+    rollouts: Rollouts
+    group_ids: torch.Tensor  # [N]
+    rewards: torch.Tensor  # [N] shaped rewards
+    adv: torch.Tensor | None = None
+
+
+@dataclass
+class Tally:
+    """What the mini-batch steps of one update add up to."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    grad_norms: list[float] = field(default_factory=list)
+    applied: int = 0
+    skipped: int = 0
+
+    def add(self, loss: torch.Tensor, stats: dict) -> None:
+        tokens = float(stats.get("tokens", 0))
+        for k, v in stats.items():  # counts add up; rates are token-weighted
+            w = 1.0 if k in COUNT_STATS else tokens
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * w
+        self.sums["loss"] = self.sums.get("loss", 0.0) + loss.item()
+
+    def metrics(self, epochs: int) -> dict[str, float]:
+        sums = self.sums
+        tokens = max(sums.get("tokens", 0.0), 1.0)
+        out = {f"actor/{k}": v / tokens for k, v in sums.items() if k not in COUNT_STATS + ("loss",)}
+        out["actor/loss"] = sums.get("loss", 0.0) / max(self.applied + self.skipped, 1)
+        for k in COUNT_STATS:  # per pass over the batch
+            if k in sums:
+                out[f"actor/{k}_per_epoch"] = sums[k] / epochs
+        out["actor/grad_norm"] = max(self.grad_norms) if self.grad_norms else float("nan")
+        out["actor/skipped_updates"] = self.skipped
+        return out
+
+
+class OnPolicyScores:
+    """With one update per batch the policy *is* the old policy, so the update's own forward gives
+    the old log-probs (ratio exactly 1) and the batch's statistics, saving a full forward pass.
+    Kept per micro-batch, returned in row order."""
+
+    def __init__(self):
+        self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logp", *SCORE_STATS)}
+        self.rows: list[torch.Tensor] = []
+
+    def add(self, rows: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+        self.parts["logp"].append(out["logp"].detach().cpu())
+        for k in SCORE_STATS:
+            self.parts[k].append(out[k].cpu())
+        self.rows.append(rows)
+
+    def in_row_order(self) -> dict[str, torch.Tensor] | None:
+        if not self.rows:
+            return None
+        order = torch.cat(self.rows).argsort()
+        return {k: torch.cat(v)[order] for k, v in self.parts.items()}
+
+
+class PolicyUpdate:
+    def __init__(self, policy, algo, cfg: RunConfig, ref_model=None):
+        self.policy, self.algo, self.cfg, self.ref_model = policy, algo, cfg, ref_model
+
+    def __call__(self, batch: Batch, step: int) -> dict:
+        train = self.cfg.train
+        on_policy = train.mini_batches == 1 and train.epochs == 1
+        before = None if on_policy else self.measure(batch)
+        ref_logp = self.reference_logp(batch)
+        tally, recorder = Tally(), OnPolicyScores() if on_policy else None
+        for rows in self.mini_batches(batch, step):
+            self.mini_batch_step(batch, rows, tally, before, ref_logp, recorder)
+        if recorder is not None:
+            before = recorder.in_row_order()
+        metrics = tally.metrics(train.epochs)
+        metrics["actor/lr"] = self.policy.lr()
+        if before is not None and "entropy" in before:
+            metrics.update(self.batch_statistics(batch, before, step))
+        return metrics
+
+    def mini_batches(self, batch: Batch, step: int) -> Iterator[torch.Tensor]:
+        """Row indices of each mini-batch, epoch after epoch; a mini-batch holds whole groups."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + step)
+        groups = batch.group_ids.unique()
+        for _ in range(self.cfg.train.epochs):
+            order = groups[torch.randperm(len(groups), generator=gen)]
+            for mb_groups in order.tensor_split(self.cfg.train.mini_batches):
+                rows = torch.isin(batch.group_ids, mb_groups).nonzero().squeeze(-1)
+                if len(rows):
+                    yield rows
+
+    def mini_batch_step(self, batch: Batch, mb, tally: Tally, before, ref_logp, recorder) -> None:
+        """One optimizer step on rows `mb`. Old log-probs come from `before` (the measurement
+        before the update), or from this forward when on-policy (`recorder` keeps them)."""
+        r, mask = batch.rollouts, batch.rollouts.completion_mask
+        normalizer = self.algo.loss_normalizer(batch.adv[mb], mask[mb], batch.group_ids[mb])
+        self.policy.zero_grad()
+        finite = True
+        for micro in self.micro_batches(mb, r.lengths):
+            out = self.score(self.policy.engine, r, micro, with_stats=recorder is not None)
+            if recorder is not None:
+                old = out["logp"].detach()
+                recorder.add(micro, out)
+            else:
+                old = before["logp"][micro]
+            loss, stats = self.algo.policy_loss(
+                out["logp"],
+                old,
+                batch.adv[micro],
+                mask[micro],
+                batch.group_ids[micro],
+                normalizer=normalizer,
+                ref_logp=None if ref_logp is None else ref_logp[micro],
+            )
+            # a non-finite loss poisons the whole mini-batch update: skip its backward
+            # (the statistics of the remaining micro-batches are still measured)
+            finite = finite and bool(torch.isfinite(loss))
+            if not finite:
+                continue
+            self.policy.backward(loss)
+            tally.add(loss, stats)
+        if finite:
+            norm, finite = self.policy.step()
+            tally.grad_norms.append(norm)
+        else:
+            self.policy.zero_grad()
+        tally.applied += finite
+        tally.skipped += not finite
+
+    def batch_statistics(self, batch: Batch, before: dict, step: int) -> dict[str, float]:
+        """Statistics of the batch under the policy that sampled it (`before` the update)."""
+        r, mask = batch.rollouts, batch.rollouts.completion_mask
+        ent0 = (before["entropy"] * mask).sum() / mask.sum().clamp(min=1)
+        metrics = {"actor/entropy": float(ent0)}
+        metrics.update(token_taxonomy(batch.adv, mask, before["p_token"], before["collision"]))
+        # rollout engine vs trainer log-probs of the same tokens: ~0 for hf, small for vllm
+        diff = (r.sampling_logp - before["logp"]).abs() * mask
+        metrics["rollout/logp_diff_mean"] = float(diff.sum() / mask.sum().clamp(min=1))
+        metrics["rollout/logp_diff_max"] = float(diff.max())
+        every = self.cfg.train.entropy_delta_every
+        if every and step % every == 0:
+            after = self.measure(batch)
+            metrics["actor/entropy_delta"] = float(
+                (after["entropy"] * mask).sum() / mask.sum().clamp(min=1) - ent0
+            )
+        return metrics
+
+    # ---- scoring rows of a batch ------------------------------------------------------------
+    def score(self, model, r: Rollouts, idx: torch.Tensor, with_stats: bool) -> dict:
+        """Score rows `idx` with the padding columns they all share cut off (left of the prompts,
+        right of the completions), then pad the per-token outputs back to the batch width."""
+        prompt_mask, completion_mask = r.prompt_mask[idx], r.completion_mask[idx]
+        P = max(int(prompt_mask.sum(-1).max()), 1)
+        T = max(int(completion_mask.sum(-1).max()), 1)
+        out = self.policy.score(
+            model,
+            r.prompt_ids[idx][:, -P:],
+            prompt_mask[:, -P:],
+            r.completion_ids[idx][:, :T],
+            completion_mask[:, :T],
+            self.cfg.rollout.temperature,
+            with_stats,
+        )
+        width = r.completion_ids.shape[1]
+        return {k: torch.nn.functional.pad(v, (0, width - T)) for k, v in out.items()}
+
+    def micro_batches(self, idx: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Split rows `idx` into micro-batches of similar completion `lengths` (indexed by row), so
+        each carries little padding; the loss normaliser is per mini-batch, so the gradient is
+        the same for any split."""
+        idx = idx[torch.sort(lengths[idx], stable=True).indices]
+        return list(idx.split(min(self.cfg.train.micro_batch_size, len(idx))))
+
+    @torch.no_grad()
+    def measure(self, batch: Batch, model=None) -> dict[str, torch.Tensor]:
+        """No-grad pass over the whole batch: log-probs, entropy, p(token), Σp²."""
+        model = model or self.policy.module
+        micro = self.micro_batches(torch.arange(len(batch.rewards)), batch.rollouts.lengths)
+        parts = [self.score(model, batch.rollouts, i, True) for i in micro]
+        order = torch.cat(micro).argsort()  # micro-batches are grouped by length: restore row order
+        return {k: torch.cat([p[k] for p in parts])[order].cpu() for k in parts[0]}
+
+    @torch.no_grad()
+    def reference_logp(self, batch: Batch) -> torch.Tensor | None:
+        if not self.algo.needs_reference:
+            return None
+        if self.ref_model is not None:
+            return self.measure(batch, self.ref_model)["logp"]
+        with self.policy.reference_context():
+            return self.measure(batch)["logp"]
