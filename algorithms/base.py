@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from algorithms.contract import LossKeywords
 from algorithms.core import (
     agg_loss,
     clipped_surrogate,
@@ -61,9 +62,15 @@ class Algorithm:
             whose groups `filter_groups` dropped (0: never regenerate). DAPO makes it an hparam.
         on_short_batch: "error" | "truncate": what the loop does when the batch is still short
             after `max_gen_rounds` rounds (raise, or train on the smaller batch and log it).
+        needs_groups: the advantage is relative to the completion's group, so a group of one
+            gives every completion a zero advantage; `bind` rejects group_size < 2.
+        loss_keywords: which of normalizer= / ref_logp= `policy_loss` accepts (set by
+            `@register` from its signature; see algorithms/contract.py).
     """
 
     name: ClassVar[str] = "algorithm"
+    needs_groups: ClassVar[bool] = False
+    loss_keywords: ClassVar[LossKeywords] = LossKeywords()
     max_gen_rounds = 0  # plain class attributes, not hparams, until a subclass declares them
     on_short_batch = "error"
 
@@ -110,6 +117,12 @@ class Algorithm:
                 raise ValueError(f"{key} must be a positive integer, got {val!r}")
         if int(max_prompt_len) != max_prompt_len or max_prompt_len < 0:
             raise ValueError(f"max_prompt_len must be an integer >= 0, got {max_prompt_len!r}")
+        if self.needs_groups and group_size < 2:
+            raise ValueError(
+                f"algorithm {self.name!r} compares completions within a group: "
+                f"rollout.group_size={group_size} gives every completion a zero advantage, so the "
+                "run would train nothing; set rollout.group_size >= 2"
+            )
         self._shape = RolloutShape(int(group_size), int(max_new_tokens), int(max_prompt_len))
         return self
 

@@ -51,6 +51,8 @@ SHORT_BATCH_POLICIES = ("error", "truncate")
 class DAPO(Algorithm):
     """DAPO (verl core_algos + DAPO recipe); overlong shaping needs `bind`."""
 
+    needs_groups = True  # group-relative advantages: a group of one trains nothing
+
     clip_ratio_low: float = 0.2
     """ε_low: the ratio is clipped below at 1 - ε_low."""
     clip_ratio_high: float = 0.28

@@ -33,6 +33,8 @@ from algorithms.registry import register
 class DrGRPO(Algorithm):
     """Dr.GRPO (oat / TRL loss_type="dr_grpo"); needs `bind` (L = max_new_tokens)."""
 
+    needs_groups = True  # group-relative advantages: a group of one trains nothing
+
     clip_ratio: float = 0.2
     """ε: the ratio is clipped to [1 - ε, 1 + ε]."""
 

@@ -62,6 +62,8 @@ def check_clip(name: str, value: float, upper: float | None = None) -> None:
 class GRPO(Algorithm):
     """GRPO (verl core_algos + TRL loss_type="grpo"); see the module docstring."""
 
+    needs_groups = True  # group-relative advantages: a group of one trains nothing
+
     clip_ratio: float = 0.2
     """ε: the ratio is clipped to [1 - ε, 1 + ε]."""
     kl_coef: float = 0.0

@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from algorithms.base import Algorithm
+from algorithms.contract import check_hooks
 
 _REGISTRY: dict[str, type[Algorithm]] = {}
 
@@ -44,8 +45,11 @@ def available() -> list[str]:
 def register(name: str) -> Callable[[A], A]:
     """Class decorator: register an `Algorithm` subclass under `name`.
 
-    Makes the class a dataclass if it is not one itself (its annotated class attributes become
-    hyper-parameters), sets `cls.name`, and rejects a name already taken by another class.
+    Makes the class a dataclass if it is not one itself (its annotated class attributes, and its
+    plain int/float/bool/str class attributes, become hyper-parameters), checks every hook it
+    overrides against the loop's calls (algorithms/contract.py: one line naming the hook, the
+    signature found and the one expected), sets `cls.name`, and rejects a name already taken by
+    another class.
     """
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", name):
         raise ValueError(f"algorithm name must be an identifier-like string, got {name!r}")
@@ -60,12 +64,27 @@ def register(name: str) -> Callable[[A], A]:
                 f"{taken.__module__}.{taken.__qualname__}; pick another name"
             )
         if "__dataclass_fields__" not in cls.__dict__:
+            _declare_plain_hparams(cls)
             cls = dataclasses.dataclass(cls)
+        cls.loss_keywords = check_hooks(cls, Algorithm)
         cls.name = name
         _REGISTRY[name] = cls
         return cls
 
     return decorator
+
+
+def _declare_plain_hparams(cls: type) -> None:
+    """A class that is not a dataclass, with hyper-parameters as plain class attributes
+    (`clip = 0.2`): annotate them, so the dataclass made of it takes them as fields. Names the
+    base class defines (name, max_gen_rounds, on_short_batch, needs_groups, ...) stay attributes."""
+    annotations = dict(cls.__dict__.get("__annotations__", {}))
+    for key, value in vars(cls).items():
+        if key.startswith("_") or key in annotations or hasattr(Algorithm, key):
+            continue
+        if isinstance(value, bool | int | float | str):
+            annotations[key] = type(value).__name__
+    cls.__annotations__ = annotations
 
 
 def get_class(name: str) -> type[Algorithm]:
@@ -91,9 +110,15 @@ def get(name: str, **hparams: Any) -> Algorithm:
             f"valid (with defaults): {valid}"
         )
     try:
-        return cls(**hparams)
+        algo = cls(**hparams)
     except (TypeError, ValueError) as err:
         raise HyperparameterError(f"algorithm {name!r}: {err}") from err
+    if algo.needs_reference and not cls.loss_keywords.ref_logp:
+        raise HyperparameterError(
+            f"algorithm {name!r} needs a reference policy (kl_coef > 0) but its policy_loss takes "
+            "no ref_logp= keyword; add `*, ref_logp=None` to policy_loss or set kl_coef=0"
+        )
+    return algo
 
 
 # ----------------------------------------------------------------------------- external modules

@@ -34,6 +34,8 @@ from algorithms.registry import register
 class WAPO(Algorithm):
     """WAPO (layer6ai-labs/wapo); needs `bind` (G and L_seq)."""
 
+    needs_groups = True  # group-relative advantages: a group of one trains nothing
+
     clip_ratio_high: float = 9.0
     """ε: the ratio is capped at 1 + ε (no lower clip)."""
 

@@ -35,8 +35,8 @@ def _cmd_sft(args) -> None:
           f"(target {summary['target_accuracy']}) after {summary['steps']} steps, {summary['seconds']:.0f} s")
 
 
-def _cmd_train(args) -> None:
-    from rlvr.train import train
+def _cmd_train(args) -> int:
+    from rlvr.train import PREEMPTED_EXIT_CODE, train
     from rlvr.update.distributed import shutdown_distributed
 
     try:
@@ -44,6 +44,8 @@ def _cmd_train(args) -> None:
     finally:
         shutdown_distributed()
     print(f"train: {status['state']} at step {status['step']}" + (f" ({status['reason']})" if status.get("reason") else ""))
+    # preempted: a failed job to the scheduler, which retries it; the relaunch resumes
+    return PREEMPTED_EXIT_CODE if status["state"] == "preempted" else 0
 
 
 def _cmd_eval(args) -> None:
@@ -112,11 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError, DatasetUnavailableError) as err:
+        code = COMMANDS[args.command](args)
+    except (
+        ConfigError, ValueError, FileNotFoundError, KeyError, ImportError, DatasetUnavailableError
+    ) as err:  # bad input: one line, no traceback
         print(f"rlvr {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ loses spaces and newlines once transformers 5.x picks a family-specific tokenize
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,22 +139,73 @@ def save_checkpoint(model: PreTrainedModel, tok: PreTrainedTokenizerFast, path: 
     tok.save_pretrained(path)
 
 
+class ModelNotFoundError(FileNotFoundError):
+    """model.name_or_path is neither a local HF checkpoint nor a hub id that can be loaded."""
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def check_model_source(name_or_path: str | Path) -> str:
+    """"local" or "hub" for a model that can load, else ModelNotFoundError in one line naming the
+    path and how it was tried. A string shaped like a hub id (`org/name`) that is not an existing
+    directory is tried as a hub id; offline, only the local HF cache can serve it."""
+    name = str(name_or_path)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"model {name!r}: the directory {local.resolve()} has no config.json, so it is not "
+                "an HF checkpoint (a run's final/ or hf_checkpoints/step_N is)"
+            )
+        return "local"
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelNotFoundError(
+            f"model {name!r}: no such local checkpoint directory ({local.resolve()}), and not a "
+            "valid hub id either (org/name)"
+        ) from None
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ModelNotFoundError(
+                f"model {name!r}: tried as a local path ({local.resolve()} does not exist) and as a "
+                f"hub id, which is not in the local HF cache (HF_HUB_OFFLINE=1: no downloads); "
+                f"download it with `huggingface-cli download {name}` or pass a checkpoint directory"
+            )
+    return "hub"
+
+
 def load_model_and_tokenizer(
     name_or_path: str | Path, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Load an HF id or a local checkpoint directory with the Auto classes."""
     name_or_path = str(name_or_path)
-    local = Path(name_or_path)
-    if not local.exists() and (name_or_path.startswith((".", "/")) or local.suffix):
-        raise FileNotFoundError(f"model checkpoint {name_or_path!r} does not exist")
+    source = check_model_source(name_or_path)
+    from huggingface_hub.utils import logging as hub_logging
+
+    verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()  # its retry warnings would come before our one-line error
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     except OSError as err:
-        raise OSError(
-            f"cannot load model {name_or_path!r} ({err.__class__.__name__}); the hub is not reachable "
-            "here: download it with `huggingface-cli download` and pass the local directory"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = (
+            "the local checkpoint" if source == "local"
+            else f"a hub id (it is not a local directory: {Path(name_or_path).resolve()})"
+        )
+        raise ModelNotFoundError(
+            f"cannot load model {name_or_path!r}, tried as {where}: {reason} Download it with "
+            "`huggingface-cli download` and pass the local directory"
         ) from err
+    finally:
+        hub_logging.set_verbosity(verbosity)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

@@ -17,6 +17,7 @@ from evals.suites import get_suite
 from evals.verifiers import get_reward
 from rlvr.config import RunConfig
 from rlvr.data import load_records
+from rlvr.device import resolve_precision, this_device
 from rlvr.io import atomic_write_json
 from rlvr.models import (
     TinySpec,
@@ -96,7 +97,9 @@ def sft(cfg: RunConfig) -> dict:
         for i in torch.randperm(len(records), generator=gen)[: cfg.sft.eval_prompts].tolist()
     ]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft.lr, betas=(0.9, 0.99))
-    bf16 = cfg.sft.precision == "bf16"
+    precision = resolve_precision("sft.precision", cfg.sft.precision)
+    print(f"sft: {precision.used} ({precision.why})", flush=True)
+    bf16 = precision.used == "bf16"
     if bf16:
         use_bf16_friendly_attention(model)
     history, t0, acc, step = [], time.perf_counter(), 0.0, 0
@@ -138,6 +141,8 @@ def sft(cfg: RunConfig) -> dict:
         "seconds": time.perf_counter() - t0,
         "eval_prompts": len(eval_records),
         "temperature": cfg.rollout.temperature,
+        "precision": {"requested": precision.requested, "used": precision.used, "why": precision.why},
+        "device": this_device().as_dict(),
         "history": history,
     }
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")

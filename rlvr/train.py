@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +23,9 @@ from evals.suites import get_suite
 from evals.verifiers import get_reward
 from rlvr.config import RunConfig
 from rlvr.data import load_records
-from rlvr.models import load_model_and_tokenizer
+from rlvr.device import check_engines, resolve_precision, this_device
+from rlvr.io import atomic_write_json
+from rlvr.models import check_model_source, load_model_and_tokenizer
 from rlvr.models import save_checkpoint as save_hf
 from rlvr.rollout import Rollouts, make_rollout_engine
 from rlvr.rollout.base import cat_rollouts, select_rows
@@ -41,14 +45,43 @@ from rlvr.run_state import (
 from rlvr.stats import CollapseDetector, group_stats, length_stats
 from rlvr.update import Batch, Policy, PolicyUpdate
 
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: `rlvr train` stopped by SIGTERM; relaunching resumes
+
+
+class StopSignal:
+    """SIGTERM — what Slurm sends ahead of a time limit or a preemption, before SIGKILL — asks the
+    loop to stop after the step in flight, at a step boundary, so the checkpoint it writes there
+    resumes bit-identically. Installed only in the main thread (signals are delivered there)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = None
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        print(f"train: {signal.Signals(signum).name} received; stopping after this step", flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
 
 class Trainer:
     def __init__(self, cfg: RunConfig):
+        cfg = cfg.model_copy(deep=True)  # precision `auto` is resolved into this copy
+        self.precision = resolve_precision("train.precision", cfg.train.precision)
+        cfg.train.precision = self.precision.used
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        # algorithm and data are validated before any model is loaded
+        # algorithm, data, engines and the model's location are validated before any model loads
+        check_engines(cfg)
         algorithms.import_modules(cfg.algorithm.modules)
         self.algo = algorithms.get(cfg.algorithm.name, **cfg.algorithm.hparams)
         self.algo.bind(
@@ -56,12 +89,18 @@ class Trainer:
             max_new_tokens=cfg.rollout.max_new_tokens,
             max_prompt_len=cfg.rollout.max_prompt_len,
         )
+        if not Path(cfg.data.train).is_file():
+            raise FileNotFoundError(
+                f"data.train: no such file {cfg.data.train!r} (write a suite's files with "
+                "`rlvr data --suite NAME --out DIR`)"
+            )
         self.records: list[Record] = load_records(cfg.data.train)
         self.reward_fn = get_reward(cfg.data.reward or get_suite(cfg.data.suite).reward)
         if not cfg.model.name_or_path:
             raise ValueError(
                 "model.name_or_path is required for `rlvr train` (an HF id or a checkpoint dir)"
             )
+        check_model_source(cfg.model.name_or_path)
         seed_everything(cfg.seed)
         model, self.tok = load_model_and_tokenizer(cfg.model.name_or_path)
         self.policy = Policy(model, cfg)
@@ -170,38 +209,45 @@ class Trainer:
             print(f"{self.run_dir} is already {status['state']}; nothing to do")
             return status
         save_resolved_config(self.run_dir, cfg)
+        atomic_write_json(self.run_dir / "device.json", {
+            **this_device().as_dict(),
+            "precision": {"train.precision": vars(self.precision)},
+        })  # fmt: skip
         self.resume()
         log = MetricsLog(self.run_dir, cfg, resume_step=self.step)
         write_status(self.run_dir, "running", self.step)
         collapsed: tuple[int, str] | None = None  # (step, reason) of the first detection
         progress = _progress(cfg.train.steps, self.step, cfg.logging.progress)
-        try:
-            while self.step < cfg.train.steps:
-                batch, metrics = self.train_step()
-                log.log(self.step, metrics)
-                progress.update(1)
-                progress.set_postfix(
-                    reward=f"{metrics['rollout/reward_mean']:.3f}",
-                    entropy=f"{metrics.get('actor/entropy', float('nan')):.3f}",
-                    step_s=f"{metrics['perf/step_s']:.2f}",
-                )
-                # a step whose groups were all filtered out trained nothing: nothing to judge
-                reason = None if batch is None else self.collapse.update(
-                    metrics["actor/entropy"],
-                    metrics["rollout/reward_mean"],
-                    metrics["actor/skipped_updates"] > 0,
-                )
-                if reason and collapsed is None:
-                    collapsed = (self.step, reason)
-                    if cfg.collapse.stop:
-                        break
-                self.maybe_checkpoint()
-        except Exception as err:  # recorded, then re-raised: the DAG sees a failed job with a reason
-            write_status(self.run_dir, "failed", self.step, f"{type(err).__name__}: {err}")
-            log.close()
-            raise
-        finally:
-            progress.close()
+        with StopSignal() as stop:
+            try:
+                while self.step < cfg.train.steps:
+                    batch, metrics = self.train_step()
+                    log.log(self.step, metrics)
+                    progress.update(1)
+                    progress.set_postfix(
+                        reward=f"{metrics['rollout/reward_mean']:.3f}",
+                        entropy=f"{metrics.get('actor/entropy', float('nan')):.3f}",
+                        step_s=f"{metrics['perf/step_s']:.2f}",
+                    )
+                    # a step whose groups were all filtered out trained nothing: nothing to judge
+                    reason = None if batch is None else self.collapse.update(
+                        metrics["actor/entropy"],
+                        metrics["rollout/reward_mean"],
+                        metrics["actor/skipped_updates"] > 0,
+                    )
+                    if reason and collapsed is None:
+                        collapsed = (self.step, reason)
+                        if cfg.collapse.stop:
+                            break
+                    self.maybe_checkpoint()
+                    if stop.received and self.step < cfg.train.steps:
+                        return self.preempt(log, signal.Signals(stop.received).name)
+            except Exception as err:  # recorded, then re-raised: the DAG sees a failed job
+                write_status(self.run_dir, "failed", self.step, f"{type(err).__name__}: {err}")
+                log.close()
+                raise
+            finally:
+                progress.close()
         self.export_hf(self.run_dir / "final")
         if collapsed:
             write_status(self.run_dir, "collapsed", collapsed[0], collapsed[1], steps_run=self.step)
@@ -240,11 +286,24 @@ class Trainer:
         state, and an HF export for evaluation curves over training."""
         cfg = self.cfg
         if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
-            save_checkpoint(
-                self.run_dir, self.policy.engine, self.step, self.state_dict(), cfg.checkpoint.keep
-            )
+            self.save_state()
             if cfg.checkpoint.export_hf:
                 self.export_hf(self.run_dir / "hf_checkpoints" / f"step_{self.step:06d}")
+
+    def save_state(self) -> None:
+        save_checkpoint(
+            self.run_dir, self.policy.engine, self.step, self.state_dict(), self.cfg.checkpoint.keep
+        )
+
+    def preempt(self, log, signal_name: str) -> dict:
+        """Checkpoint at this step boundary and record `preempted`: relaunching the same command
+        resumes here, and the CLI exits with PREEMPTED_EXIT_CODE so the scheduler retries it."""
+        if latest_checkpoint(self.run_dir) != self.run_dir / "checkpoints" / f"step_{self.step:06d}":
+            self.save_state()
+        reason = f"{signal_name} received; checkpoint at step {self.step}, relaunch to resume"
+        write_status(self.run_dir, "preempted", self.step, reason)
+        log.close()
+        return read_status(self.run_dir)
 
     def export_hf(self, dest: Path) -> None:
         """The current policy as a standard HF checkpoint (LoRA merged into a copy), atomically."""

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def test_each_algorithm_runs_two_steps(sft_base, math_data, tmp_path, algo):
     # generation and the update score the same tokens identically (padding, positions, temperature)
     assert rows[0]["rollout/logp_diff_max"] < 1e-4
     assert (tmp_path / "final" / "config.json").exists() and (tmp_path / "config.yaml").exists()
+    device = json.loads((tmp_path / "device.json").read_text())  # which precision, and why
+    assert device["precision"]["train.precision"]["used"] == "fp32" and device["name"]
     if algo == "dapo":  # dynamic sampling: only mixed-reward groups are kept
         assert rows[0]["actor/kept_frac"] <= 1.0 and rows[0]["rollout/gen_rounds"] >= 1
 
@@ -91,20 +94,25 @@ def tail(log: Path) -> str:
     return log.read_text()[-3000:]
 
 
-def test_sigkill_and_relaunch_gives_identical_metrics(sft_base, math_data, tmp_path):
-    """Same config + seed → byte-identical metrics.jsonl, also across a SIGKILL and a relaunch."""
+def wait_for_rows(proc: subprocess.Popen, rows: Path, n: int, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if rows.exists() and len(rows.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.02)
+
+
+def test_sigkill_sigterm_and_relaunch_give_identical_metrics(sft_base, math_data, tmp_path):
+    """Same config + seed → byte-identical metrics.jsonl and final weights, also across a SIGKILL
+    and a relaunch, and across SIGTERMs (Slurm's preemption notice) at random steps: each stops at
+    a step boundary with a checkpoint, status `preempted` and exit code 75; relaunching resumes."""
     common = ["train.steps=10", "rollout.prompts_per_step=8", "checkpoint.every=2"]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    straight, killed, preempted = tmp_path / "straight", tmp_path / "killed", tmp_path / "preempted"
     log = tmp_path / "train.log"
     straight_run = rlvr_train(log, *run_overrides(sft_base, math_data, straight, *common))
     assert straight_run.wait() == 0, tail(log)
     proc = rlvr_train(log, *run_overrides(sft_base, math_data, killed, *common))
-    rows = killed / "metrics.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if rows.exists() and len(rows.read_text().splitlines()) >= 3:  # past the step-2 checkpoint
-            break
-        time.sleep(0.02)
+    wait_for_rows(proc, killed / "metrics.jsonl", 3)  # past the step-2 checkpoint
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     status = json.loads((killed / "status.json").read_text())
@@ -114,11 +122,31 @@ def test_sigkill_and_relaunch_gives_identical_metrics(sft_base, math_data, tmp_p
     # relaunching the same command resumes from the newest checkpoint; rows past it are redone
     relaunch = rlvr_train(log, *run_overrides(sft_base, math_data, killed, *common))
     assert relaunch.wait() == 0, tail(log)
-    assert (killed / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
-    a, _ = load_model_and_tokenizer(straight / "final")
-    b, _ = load_model_and_tokenizer(killed / "final")
-    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
-        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+    # rows written when SIGTERM is sent: random, each before the last step has started (a SIGTERM
+    # during step 10 lets the run complete, with nothing left to resume)
+    first = random.randint(1, 4)
+    stops, last = [first, random.randint(first + 2, 8)], 0
+    for rows in stops:
+        proc = rlvr_train(log, *run_overrides(sft_base, math_data, preempted, *common))
+        # past the resumed step: the loop (and its handler) is running, not the model loading
+        wait_for_rows(proc, preempted / "metrics.jsonl", max(rows, last + 1))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait() == 75, (stops, tail(log))
+        status = json.loads((preempted / "status.json").read_text())
+        assert status["state"] == "preempted" and status["step"] >= rows, (stops, status)
+        assert (preempted / "checkpoints" / f"step_{status['step']:06d}").is_dir()
+        assert len((preempted / "metrics.jsonl").read_text().splitlines()) == status["step"]
+        last = status["step"]
+    relaunch = rlvr_train(log, *run_overrides(sft_base, math_data, preempted, *common))
+    assert relaunch.wait() == 0, tail(log)
+
+    for run in (killed, preempted):
+        assert (run / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes(), (run, stops)
+        a, _ = load_model_and_tokenizer(straight / "final")
+        b, _ = load_model_and_tokenizer(run / "final")
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("algo", ["grpo", "wapo"])
@@ -234,6 +262,51 @@ def test_non_finite_loss_skips_updates_then_collapses(sft_base, math_data, tmp_p
     b, _ = load_model_and_tokenizer(tmp_path / "final")
     for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_non_finite_gradient_skips_updates_then_collapses_and_is_listed(sft_base, math_data, tmp_path):
+    """A finite loss with a NaN gradient: each optimizer step is skipped and counted, the run ends
+    collapsed with the reason, and the aggregate's stability table lists it."""
+    run = tmp_path / "runs" / "nan" / "math" / "qwen2" / "nan_grad_test" / "seed0"
+    status = run_train(
+        sft_base,
+        math_data,
+        run,
+        f"algorithm.modules=[{Path(__file__).parent / 'nan_algo.py'}]",
+        "algorithm.name=nan_grad_test",
+        "train.steps=10",
+        "rollout.prompts_per_step=4",
+        "collapse.max_nonfinite=3",
+    )
+    assert status["state"] == "collapsed" and status["step"] == 3 and "non-finite" in status["reason"]
+    rows = metrics(run)
+    assert [r["actor/skipped_updates"] for r in rows] == [1, 1, 1]
+    assert all(math.isnan(r["actor/grad_norm"]) for r in rows)  # the norm that was refused
+    a, _ = load_model_and_tokenizer(sft_base)
+    b, _ = load_model_and_tokenizer(run / "final")
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    from rlvr.aggregate import aggregate
+
+    aggregate(tmp_path / "runs", tmp_path / "results", command="test", config_name="test", experiment="nan")
+    stability = (tmp_path / "results" / "stability.md").read_text()
+    assert "nan_grad_test" in stability and "non-finite" in stability, stability
+
+
+def test_a_natural_outside_algorithm_trains_on_whole_mini_batches(sft_base, math_data, tmp_path, capsys):
+    """Not a dataclass, no normalizer= / ref_logp= in policy_loss (tests/natural_algo.py): it
+    trains, each mini-batch as one micro-batch, and the loop says so once."""
+    status = run_train(
+        sft_base, math_data, tmp_path,
+        f"algorithm.modules=[{Path(__file__).parent / 'natural_algo.py'}]",
+        "algorithm.name=natural_reinforce", "algorithm.hparams.scale=2.0",
+        "train.steps=2", "rollout.prompts_per_step=4", "train.micro_batch_size=8",
+    )  # fmt: skip
+    assert status["state"] == "completed"
+    out = capsys.readouterr().out
+    assert out.count("takes no normalizer=") == 1 and "micro_batch_size=8 does not apply" in out
+    rows = metrics(tmp_path)
+    assert all(math.isfinite(r["actor/loss"]) and math.isfinite(r["actor/grad_norm"]) for r in rows)
 
 
 def test_grpo_raises_held_out_accuracy(sft_base, math_data, tmp_path):

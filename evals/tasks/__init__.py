@@ -10,7 +10,7 @@ The YAMLs are templates: they hold everything that defines the task except the r
 references kept as references), and `task_config_yaml` renders it canonically; `rlvr eval`
 writes that text to a file, records its sha256, and gives lm-eval the file to load. So the hash
 identifies exactly what lm-eval ran. The templates also work with plain lm-eval
-(`lm_eval --include_path evals/tasks --tasks rlvr_math ...`), reading data/math/test.jsonl.
+(`lm_eval --include_path evals/tasks --tasks rlvr_math ...`), reading data/default/math/test.jsonl (where `make run` writes it).
 
 Each suite is evaluated in two variants of its template:
     greedy   repeats 1, do_sample false                       -> pass@1

@@ -90,6 +90,14 @@ class OnPolicyScores:
 class PolicyUpdate:
     def __init__(self, policy, algo, cfg: RunConfig, ref_model=None):
         self.policy, self.algo, self.cfg, self.ref_model = policy, algo, cfg, ref_model
+        # a policy_loss without normalizer= normalises over what it is given: the whole mini-batch
+        self.whole_mini_batches = not algo.loss_keywords.normalizer
+        if self.whole_mini_batches:
+            print(
+                f"update: {type(algo).__name__}.policy_loss takes no normalizer=, so each mini-batch "
+                f"is scored as one micro-batch (train.micro_batch_size={cfg.train.micro_batch_size} "
+                "does not apply)"
+            )
 
     def __call__(self, batch: Batch, step: int) -> dict:
         train = self.cfg.train
@@ -125,21 +133,21 @@ class PolicyUpdate:
         normalizer = self.algo.loss_normalizer(batch.adv[mb], mask[mb], batch.group_ids[mb])
         self.policy.zero_grad()
         finite = True
-        for micro in self.micro_batches(mb, r.lengths):
+        micro_batches = [mb] if self.whole_mini_batches else self.micro_batches(mb, r.lengths)
+        for micro in micro_batches:
             out = self.score(self.policy.engine, r, micro, with_stats=recorder is not None)
             if recorder is not None:
                 old = out["logp"].detach()
                 recorder.add(micro, out)
             else:
                 old = before["logp"][micro]
+            keywords = {}  # what this algorithm's policy_loss accepts (algorithms/contract.py)
+            if self.algo.loss_keywords.normalizer:
+                keywords["normalizer"] = normalizer
+            if self.algo.loss_keywords.ref_logp:
+                keywords["ref_logp"] = None if ref_logp is None else ref_logp[micro]
             loss, stats = self.algo.policy_loss(
-                out["logp"],
-                old,
-                batch.adv[micro],
-                mask[micro],
-                batch.group_ids[micro],
-                normalizer=normalizer,
-                ref_logp=None if ref_logp is None else ref_logp[micro],
+                out["logp"], old, batch.adv[micro], mask[micro], batch.group_ids[micro], **keywords
             )
             # a non-finite loss poisons the whole mini-batch update: skip its backward
             # (the statistics of the remaining micro-batches are still measured)
