@@ -166,8 +166,8 @@ def check_model_source(name_or_path: str | Path) -> str:
         validate_repo_id(name)
     except HFValidationError:
         raise ModelNotFoundError(
-            f"model {name!r}: no such local checkpoint directory ({local.resolve()}), and not a "
-            "valid hub id either (org/name)"
+            f"model {name!r}: no such local checkpoint directory ({local.resolve()} does not "
+            "exist), and not a valid hub id either (org/name)"
         ) from None
     if _hub_offline():
         from huggingface_hub import try_to_load_from_cache

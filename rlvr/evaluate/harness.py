@@ -114,13 +114,11 @@ def _evaluate_checkpoint(cfg: RunConfig, checkpoint: Path, out: Path) -> dict[st
     # Everything that can be wrong with the request (suite names, data, checkpoint path) fails
     # before a model is loaded.
     from rlvr.device import check_engines
-    from rlvr.models import check_model_source
 
     check_engines(cfg)
     data = [suite_data(cfg, suite) for suite in cfg.eval.suites]
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
-    check_model_source(checkpoint)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its INFO lines drown our summary
     eos = _eos_token(checkpoint)
     suites = [build_suite_tasks(cfg, d, eos) for d in data]

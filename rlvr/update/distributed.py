@@ -41,7 +41,14 @@ def init_distributed() -> None:
 
 
 def shutdown_distributed() -> None:
-    # torch 2.13 + gloo sometimes aborts at exit unless the group is destroyed first
+    """Tear the process group down (torch 2.13 + gloo sometimes aborts at exit unless it is
+    destroyed first), through DeepSpeed so it also drops its references to the group's
+    subgroups: a later init_distributed in the same process then starts clean."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        import deepspeed.comm
+
+        if deepspeed.comm.is_initialized():
+            deepspeed.comm.destroy_process_group()
+        else:
+            torch.distributed.destroy_process_group()
