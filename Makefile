@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+VERL_STAMP := $(VENV)/.verl-ref-stamp
+# verl's core_algos, the reference the algorithm tests cross-check against (tests/test_zoo_*.py):
+# --no-deps, since verl's own pins would replace transformers; then what core_algos imports.
+VERL_REF := verl==0.9.1
+VERL_REF_DEPS := ray==2.60.0 tensordict==0.15.3 omegaconf==2.4.0 orjson==3.13.0 codetiming==1.4.0 pybind11==3.1.0
 CORES  ?= $(shell nproc)
 CONFIG ?= config/default.yaml
 
@@ -25,11 +30,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+$(VERL_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt --no-deps $(VERL_REF)
+	$(PY) -m pip install -q -c constraints.txt $(VERL_REF_DEPS)
+	touch $(VERL_STAMP)
+
 run: setup
 	bash workflows/scripts/unlock_stale.sh
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --profile local --cores $(CORES) all --configfile $(CONFIG)
 
-test: setup
+test: setup $(VERL_STAMP)
 	$(PY) -m pytest -q
 
 bench: setup

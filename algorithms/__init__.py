@@ -10,6 +10,9 @@
 See algorithms/README.md for the contract, the table of algorithms and a worked example.
 """
 
+import importlib
+import pkgutil
+
 from algorithms import core
 from algorithms.base import Algorithm, RolloutShape
 from algorithms.core import agg_loss
@@ -23,8 +26,12 @@ from algorithms.registry import (
     register,
 )
 
-# Built-in algorithms: importing the module runs its @register.
-from algorithms import dapo, dr_grpo, grpo, wapo  # noqa: E402, F401  isort: skip
+# Built-in algorithms: every other module of this package is one algorithm, and importing it runs
+# its @register, so adding one is adding its file.
+_INFRASTRUCTURE = {"base", "contract", "core", "registry"}
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module not in _INFRASTRUCTURE and not _module.startswith("_"):
+        importlib.import_module(f"algorithms.{_module}")
 
 __all__ = [
     "Algorithm",
