@@ -92,7 +92,14 @@ def resolve_precision(field: str, requested: str, device: Device | None = None) 
 
 
 def check_engines(cfg) -> None:
-    """Engines this machine cannot run, rejected before any model loads (one line each)."""
+    """Engine choices that cannot run, rejected before any model loads (one line each)."""
+    if cfg.model.lora.enabled:  # the native layers read plain weights (rlvr/native/support.py)
+        for field, value in (("train.forward", cfg.train.forward), ("rollout.engine", cfg.rollout.engine)):
+            if value == "native":
+                raise ValueError(
+                    f"{field}=native cannot run a model with LoRA adapters (model.lora.enabled): "
+                    f"the native layers read plain weights; use {field}=auto or hf"
+                )
     if torch.cuda.is_available():
         return
     for field, value in (("rollout.engine", cfg.rollout.engine), ("eval.backend", cfg.eval.backend)):

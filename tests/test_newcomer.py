@@ -153,3 +153,9 @@ def test_the_readme_lm_eval_command_works_where_make_run_writes_the_data(tiny, t
     done = subprocess.run(cmd, cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rlvr_math" in done.stdout and "acc" in done.stdout
+
+
+@pytest.mark.parametrize("field", ["train.forward", "rollout.engine"])
+def test_native_with_lora_is_refused_before_the_model_loads(capsys, tiny, no_model_loads, field):
+    err = one_line_error(capsys, *train_args(tiny, f"{field}=native", "model.lora.enabled=true"))
+    assert f"{field}=native cannot run a model with LoRA adapters" in err
