@@ -91,6 +91,47 @@ def resolve_precision(field: str, requested: str, device: Device | None = None) 
     return Precision(field, requested, requested, f"set explicitly; {native}")
 
 
+PACKAGES = ("torch", "transformers", "deepspeed", "vllm", "lm-eval", "peft", "math-verify", "trl")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages a result depends on (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def source_commit() -> str | None:
+    """The git commit of this checkout (with "-dirty" for uncommitted changes), if it is one."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def provenance(*precisions: Precision) -> dict:
+    """What a run directory records of how it was made: device, precision, versions, commit."""
+    return {
+        "device": this_device().as_dict(),
+        "precision": {p.field: {"requested": p.requested, "used": p.used, "why": p.why} for p in precisions},
+        "versions": package_versions(),
+        "commit": source_commit(),
+    }
+
+
 def check_engines(cfg) -> None:
     """Engine choices that cannot run, rejected before any model loads (one line each)."""
     if cfg.model.lora.enabled:  # the native layers read plain weights (rlvr/native/support.py)

@@ -17,7 +17,7 @@ from evals.suites import get_suite
 from evals.verifiers import get_reward
 from rlvr.config import RunConfig
 from rlvr.data import load_records
-from rlvr.device import resolve_precision, this_device
+from rlvr.device import provenance, resolve_precision
 from rlvr.io import atomic_write_json
 from rlvr.models import (
     TinySpec,
@@ -141,8 +141,7 @@ def sft(cfg: RunConfig) -> dict:
         "seconds": time.perf_counter() - t0,
         "eval_prompts": len(eval_records),
         "temperature": cfg.rollout.temperature,
-        "precision": {"requested": precision.requested, "used": precision.used, "why": precision.why},
-        "device": this_device().as_dict(),
+        **provenance(precision),
         "history": history,
     }
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")

@@ -23,7 +23,7 @@ from evals.suites import get_suite
 from evals.verifiers import get_reward
 from rlvr.config import RunConfig
 from rlvr.data import load_records
-from rlvr.device import check_engines, resolve_precision, this_device
+from rlvr.device import check_engines, provenance, resolve_precision
 from rlvr.io import atomic_write_json
 from rlvr.models import check_model_source, load_model_and_tokenizer
 from rlvr.models import save_checkpoint as save_hf
@@ -209,10 +209,7 @@ class Trainer:
             print(f"{self.run_dir} is already {status['state']}; nothing to do")
             return status
         save_resolved_config(self.run_dir, cfg)
-        atomic_write_json(self.run_dir / "device.json", {
-            **this_device().as_dict(),
-            "precision": {"train.precision": vars(self.precision)},
-        })  # fmt: skip
+        atomic_write_json(self.run_dir / "provenance.json", provenance(self.precision))
         self.resume()
         log = MetricsLog(self.run_dir, cfg, resume_step=self.step)
         write_status(self.run_dir, "running", self.step)

@@ -74,8 +74,9 @@ def test_each_algorithm_runs_two_steps(sft_base, math_data, tmp_path, algo):
     # generation and the update score the same tokens identically (padding, positions, temperature)
     assert rows[0]["rollout/logp_diff_max"] < 1e-4
     assert (tmp_path / "final" / "config.json").exists() and (tmp_path / "config.yaml").exists()
-    device = json.loads((tmp_path / "device.json").read_text())  # which precision, and why
-    assert device["precision"]["train.precision"]["used"] == "fp32" and device["name"]
+    made = json.loads((tmp_path / "provenance.json").read_text())  # device, precision and why
+    assert made["precision"]["train.precision"]["used"] == "fp32" and made["device"]["name"]
+    assert made["versions"]["torch"] == torch.__version__ and made["commit"]
     if algo == "dapo":  # dynamic sampling: only mixed-reward groups are kept
         assert rows[0]["actor/kept_frac"] <= 1.0 and rows[0]["rollout/gen_rounds"] >= 1
 
