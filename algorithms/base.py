@@ -66,11 +66,14 @@ class Algorithm:
             gives every completion a zero advantage; `bind` rejects group_size < 2.
         loss_keywords: which of normalizer= / ref_logp= `policy_loss` accepts (set by
             `@register` from its signature; see algorithms/contract.py).
+        advantage_lengths: whether `advantages` takes `lengths=` (completion lengths [B]); the
+            loop then passes them (set by `@register` from its signature).
     """
 
     name: ClassVar[str] = "algorithm"
     needs_groups: ClassVar[bool] = False
     loss_keywords: ClassVar[LossKeywords] = LossKeywords()
+    advantage_lengths: ClassVar[bool] = False
     max_gen_rounds = 0  # plain class attributes, not hparams, until a subclass declares them
     on_short_batch = "error"
 

@@ -11,6 +11,9 @@ The loop's calls (B completions, T positions; see algorithms/base.py):
     policy_loss(logp, old_logp, adv, mask, group_ids, normalizer=z, ref_logp=ref)
     validate()
 
+`advantages` may also take `lengths=` (completion lengths [B], e.g. OPO's length-weighted
+baseline): the loop passes them when the signature accepts them (`advantage_lengths`).
+
 `policy_loss` may leave out either keyword. Without `normalizer` it is a whole-mini-batch loss:
 the loop then gives it each mini-batch as one micro-batch (train.micro_batch_size does not
 apply) and says so once. Without `ref_logp` the algorithm cannot use a reference policy
@@ -64,8 +67,9 @@ def _fits(fn: Callable, n_args: int, kwargs: tuple[str, ...]) -> str | None:
     return None
 
 
-def check_hooks(cls: type, base: type) -> LossKeywords:
-    """Check every hook `cls` overrides against the loop's call; returns what policy_loss takes.
+def check_hooks(cls: type, base: type) -> tuple[LossKeywords, bool]:
+    """Check every hook `cls` overrides against the loop's call; returns what policy_loss takes
+    and whether advantages takes lengths=.
     Raises AlgorithmContractError in one line naming the hook, the signature found and the one
     expected."""
     label = f"{cls.__module__}.{cls.__qualname__}"
@@ -85,6 +89,6 @@ def check_hooks(cls: type, base: type) -> LossKeywords:
             )
     loss = cls.policy_loss
     n = len(CALLS["policy_loss"][0])
-    return LossKeywords(
-        **{kw: _fits(loss, n, (kw,)) is None for kw in OPTIONAL_LOSS_KEYWORDS}
-    )
+    keywords = LossKeywords(**{kw: _fits(loss, n, (kw,)) is None for kw in OPTIONAL_LOSS_KEYWORDS})
+    takes_lengths = _fits(cls.advantages, len(CALLS["advantages"][0]), ("lengths",)) is None
+    return keywords, takes_lengths

@@ -259,7 +259,7 @@ class Trainer:
         batch, metrics = self.collect()
         t1 = time.perf_counter()
         if batch is not None:
-            batch.adv = self.algo.advantages(batch.rewards, batch.group_ids)
+            batch.adv = self.advantages(batch)
             metrics.update(self.update(batch, self.step))
             self.engine.sync_weights()
         t2 = time.perf_counter()
@@ -277,6 +277,11 @@ class Trainer:
             }
         )
         return batch, metrics
+
+    def advantages(self, batch: Batch) -> torch.Tensor:
+        """algo.advantages on the kept batch, with the completion lengths if it takes them."""
+        extra = {"lengths": batch.rollouts.lengths} if self.algo.advantage_lengths else {}
+        return self.algo.advantages(batch.rewards, batch.group_ids, **extra)
 
     def maybe_checkpoint(self) -> None:
         """Every checkpoint.every steps (not the last: final/ follows): DeepSpeed state + loop

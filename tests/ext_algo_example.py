@@ -1,4 +1,4 @@
-"""RLOO in one file, registered from outside the `algorithms` package."""
+"""REINFORCE with a group-median baseline in one file, registered from outside `algorithms`."""
 
 from dataclasses import dataclass
 
@@ -9,28 +9,35 @@ from algorithms.core import (
     agg_loss,
     clipped_surrogate,
     group_index,
-    group_mean,
     masked_log_ratio,
     policy_stats,
 )
 
 
-@algorithms.register("rloo_example")
+@algorithms.register("median_baseline_example")
 @dataclass
-class RLOOExample(algorithms.Algorithm):
-    """REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024), PPO-clipped, token-mean.
+class MedianBaselineExample(algorithms.Algorithm):
+    """REINFORCE with the group's median reward as baseline, PPO-clipped, token-mean.
 
-    A_i = R_i - mean_{j != i in g} R_j = n/(n-1) · (R_i - mean_g R);  a group of one: A = 0.
+    A_i = R_i - median_g R  (an even group: the mean of its two middle rewards);
+    a group of one or an all-equal group: A = 0.
     """
+
+    needs_groups = True  # the baseline is the group's: a group of one trains nothing
 
     clip_ratio: float = 0.2
     """ε: the ratio is clipped to [1 - ε, 1 + ε]."""
 
     def advantages(self, rewards, group_ids):
         """rewards[B], group_ids[B] -> adv[B]."""
+        rewards = torch.as_tensor(rewards)
+        rewards = rewards if rewards.is_floating_point() else rewards.float()
         inverse, counts = group_index(group_ids)
-        n = counts[inverse].to(rewards)
-        return (rewards - group_mean(rewards, group_ids)) * n / (n - 1).clamp(min=1)
+        baseline = torch.empty_like(rewards)
+        for g in range(len(counts)):
+            rows = inverse == g
+            baseline[rows] = rewards[rows].quantile(0.5)  # interpolates: even groups average
+        return rewards - baseline
 
     def loss_normalizer(self, adv, mask, group_ids):
         """Mask tokens in the whole mini-batch (token-mean)."""

@@ -19,28 +19,32 @@ README = HERE.parent / "algorithms" / "README.md"
 
 def test_import_by_file_path_then_get_computes_a_loss():
     (module,) = algorithms.import_modules([str(EXAMPLE)])
-    assert "rloo_example" in algorithms.available()
-    algo = algorithms.get("rloo_example", clip_ratio=0.1)
-    assert type(algo) is module.RLOOExample and algo.clip_ratio == 0.1
+    assert "median_baseline_example" in algorithms.available()
+    algo = algorithms.get("median_baseline_example", clip_ratio=0.1)
+    assert type(algo) is module.MedianBaselineExample and algo.clip_ratio == 0.1
 
-    # One group of four, rewards 1, 0, 0, 1: A = R - mean of the other three
-    #   R = 1: 1 - 1/3 = 2/3;  R = 0: 0 - 2/3 = -2/3.  A lone completion: 0.
+    # Group 7 (four completions), rewards 1, 0, 0, 0.5: sorted 0, 0, 0.5, 1, an even group, so
+    #   the median is the mean of the two middle ones, (0 + 0.5) / 2 = 0.25 (the mean is 0.375):
+    #   A = 1 - 0.25 = 0.75, 0 - 0.25 = -0.25, -0.25, 0.5 - 0.25 = 0.25.
+    # Group 3 (three, interleaved), rewards 2, 0, 5: median 2 -> A = 0, -2, 3.
     gids = torch.tensor([7, 7, 7, 7])
-    adv = algo.advantages(torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64), gids)
-    torch.testing.assert_close(adv, torch.tensor([2, -2, -2, 2], dtype=torch.float64) / 3)
+    adv = algo.advantages(torch.tensor([1.0, 0.0, 0.0, 0.5], dtype=torch.float64), gids)
+    torch.testing.assert_close(adv, torch.tensor([0.75, -0.25, -0.25, 0.25], dtype=torch.float64))
+    odd = algo.advantages(torch.tensor([2.0, 9.0, 0.0, 9.0, 5.0]), torch.tensor([3, 4, 3, 4, 3]))
+    assert odd.tolist() == [0.0, 0.0, -2.0, 0.0, 3.0]  # group 4 (9, 9) is all equal: 0
     lone = algo.advantages(torch.tensor([5.0]), torch.tensor([1]))
     assert lone.tolist() == [0.0]
 
     # r = 1 everywhere, lengths 2, 1, 1, 2 (6 tokens): ℓ = -A per token;
-    # token-mean = (-4/3 + 2/3 + 2/3 - 4/3) / 6 = -2/9.
+    # token-mean = (-0.75·2 + 0.25 + 0.25 - 0.25·2) / 6 = -1.5 / 6 = -0.25.
     logp = torch.zeros(4, 2, dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[1, 1], [1, 0], [1, 0], [1, 1]])
     loss, stats = algo.policy_loss(logp, logp.detach(), adv, mask, gids)
-    assert loss.item() == pytest.approx(-2 / 9, abs=1e-12)
+    assert loss.item() == pytest.approx(-0.25, abs=1e-12)
     assert stats["tokens"].item() == 6 and stats["clipfrac_high"].item() == 0.0
     loss.backward()
-    # dloss/dlogp = -A·r / 6 on mask tokens: ∓(2/3)/6 = ∓1/9
-    expected = torch.tensor([[-1, -1], [1, 0], [1, 0], [-1, -1]], dtype=torch.float64) / 9
+    # dloss/dlogp = -A·r / 6 on mask tokens: -0.75/6 = -0.125, 0.25/6 = 1/24, -0.25/6 = -1/24
+    expected = torch.tensor([[-3, -3], [1, 0], [1, 0], [-1, -1]], dtype=torch.float64) / 24
     torch.testing.assert_close(logp.grad, expected)
 
 

@@ -81,6 +81,24 @@ def test_each_algorithm_runs_two_steps(sft_base, math_data, tmp_path, algo):
         assert rows[0]["actor/kept_frac"] <= 1.0 and rows[0]["rollout/gen_rounds"] >= 1
 
 
+ZOO = ["cispo", "gmpo", "gpg", "gspo", "nsr", "opo", "psr", "reinforce_pp", "rloo", "sapo",
+       "w_reinforce"]
+
+
+@pytest.mark.parametrize("algo", ZOO)
+def test_every_zoo_algorithm_trains_two_steps_with_finite_metrics(sft_base, math_data, tmp_path, algo):
+    status = run_train(
+        sft_base, math_data, tmp_path, f"algorithm.name={algo}", "train.steps=2",
+        "rollout.prompts_per_step=4", "train.micro_batch_size=8",  # several micro-batches
+    )  # fmt: skip
+    assert status["state"] == "completed" and status["step"] == 2, status
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(v) for r in rows for v in r.values()), rows
+    for key in ("actor/loss", "actor/grad_norm", "actor/entropy", "taxonomy/pos_peak_frac"):
+        assert key in rows[0], key
+
+
 def rlvr_train(log: Path, *overrides: str) -> subprocess.Popen:
     """`rlvr train` in its own process, as the DAG runs it; output appended to `log`."""
     cmd = [sys.executable, "-m", "rlvr", "train", *overrides]
@@ -210,12 +228,12 @@ def test_external_algorithm_through_config_alone(sft_base, math_data, tmp_path):
         math_data,
         tmp_path,
         f"algorithm.modules=[{EXT}]",
-        "algorithm.name=rloo_example",
+        "algorithm.name=median_baseline_example",
         "train.steps=1",
         "rollout.prompts_per_step=4",
     )
     assert status["state"] == "completed"
-    assert "rloo_example" in (tmp_path / "config.yaml").read_text()
+    assert "median_baseline_example" in (tmp_path / "config.yaml").read_text()
 
 
 def test_bad_config_fails_before_compute(tmp_path):
