@@ -68,12 +68,16 @@ class Algorithm:
             `@register` from its signature; see algorithms/contract.py).
         advantage_lengths: whether `advantages` takes `lengths=` (completion lengths [B]); the
             loop then passes them (set by `@register` from its signature).
+        normalizer_logp: which of `logp=` (the mini-batch's per-token log-probs under the
+            current weights, from a no-grad pass) and `old_logp=` `loss_normalizer` names (set
+            by `@register`); the loop passes those.
     """
 
     name: ClassVar[str] = "algorithm"
     needs_groups: ClassVar[bool] = False
     loss_keywords: ClassVar[LossKeywords] = LossKeywords()
     advantage_lengths: ClassVar[bool] = False
+    normalizer_logp: ClassVar[tuple[str, ...]] = ()
     max_gen_rounds = 0  # plain class attributes, not hparams, until a subclass declares them
     on_short_batch = "error"
 

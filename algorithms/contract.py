@@ -14,6 +14,13 @@ The loop's calls (B completions, T positions; see algorithms/base.py):
 `advantages` may also take `lengths=` (completion lengths [B], e.g. OPO's length-weighted
 baseline): the loop passes them when the signature accepts them (`advantage_lengths`).
 
+`loss_normalizer` may name `logp` and `old_logp` keywords: the loop then scores the mini-batch
+once more without gradient, with the weights the mini-batch is about to update, and passes those
+per-token log-probs [B, T] as `logp` and the behaviour policy's as `old_logp` (Clip-Cov and
+KL-Cov select tokens by a covariance of A and log π over the mini-batch). Its return may then be a dict: tensors in it whose first dimension is the
+mini-batch's row count are cut to each micro-batch's rows, the rest passes unchanged, so a
+per-token selection made over the whole mini-batch reaches every micro-batch intact.
+
 `policy_loss` may leave out either keyword. Without `normalizer` it is a whole-mini-batch loss:
 the loop then gives it each mini-batch as one micro-batch (train.micro_batch_size does not
 apply) and says so once. Without `ref_logp` the algorithm cannot use a reference policy
@@ -37,6 +44,7 @@ CALLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "policy_loss": (("logp", "old_logp", "adv", "mask", "group_ids"), ()),
 }
 OPTIONAL_LOSS_KEYWORDS = ("normalizer", "ref_logp")
+NORMALIZER_LOGP_KEYWORDS = ("logp", "old_logp")
 
 
 class AlgorithmContractError(TypeError):
@@ -67,9 +75,9 @@ def _fits(fn: Callable, n_args: int, kwargs: tuple[str, ...]) -> str | None:
     return None
 
 
-def check_hooks(cls: type, base: type) -> tuple[LossKeywords, bool]:
-    """Check every hook `cls` overrides against the loop's call; returns what policy_loss takes
-    and whether advantages takes lengths=.
+def check_hooks(cls: type, base: type) -> tuple[LossKeywords, bool, tuple[str, ...]]:
+    """Check every hook `cls` overrides against the loop's call; returns what policy_loss takes,
+    whether advantages takes lengths= and which of `logp` / `old_logp` loss_normalizer names.
     Raises AlgorithmContractError in one line naming the hook, the signature found and the one
     expected."""
     label = f"{cls.__module__}.{cls.__qualname__}"
@@ -91,4 +99,7 @@ def check_hooks(cls: type, base: type) -> tuple[LossKeywords, bool]:
     n = len(CALLS["policy_loss"][0])
     keywords = LossKeywords(**{kw: _fits(loss, n, (kw,)) is None for kw in OPTIONAL_LOSS_KEYWORDS})
     takes_lengths = _fits(cls.advantages, len(CALLS["advantages"][0]), ("lengths",)) is None
-    return keywords, takes_lengths
+    # named explicitly (not through **kwargs): it costs the loop a no-grad pass per mini-batch
+    named = inspect.signature(cls.loss_normalizer).parameters
+    takes_logp = tuple(kw for kw in NORMALIZER_LOGP_KEYWORDS if kw in named)
+    return keywords, takes_lengths, takes_logp

@@ -66,7 +66,7 @@ def register(name: str) -> Callable[[A], A]:
         if "__dataclass_fields__" not in cls.__dict__:
             _declare_plain_hparams(cls)
             cls = dataclasses.dataclass(cls)
-        cls.loss_keywords, cls.advantage_lengths = check_hooks(cls, Algorithm)
+        cls.loss_keywords, cls.advantage_lengths, cls.normalizer_logp = check_hooks(cls, Algorithm)
         cls.name = name
         _REGISTRY[name] = cls
         return cls

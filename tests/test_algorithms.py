@@ -366,8 +366,8 @@ def test_dapo_overlong_shaping_off_needs_no_bind_and_bad_buffer_is_rejected():
 # ============================================================================ registry
 
 
-ZOO = sorted(BUILTINS + ["cispo", "gmpo", "gpg", "gspo", "nsr", "opo", "psr", "reinforce_pp",
-                         "rloo", "sapo", "w_reinforce"])  # fmt: skip
+ZOO = sorted(BUILTINS + ["cispo", "clip_cov", "gmpo", "gpg", "gspo", "kl_cov", "nsr", "opo", "psr",
+                         "reinforce_pp", "rloo", "sapo", "w_reinforce"])  # fmt: skip
 
 
 def test_available_lists_every_builtin_sorted():

@@ -81,8 +81,8 @@ def test_each_algorithm_runs_two_steps(sft_base, math_data, tmp_path, algo):
         assert rows[0]["actor/kept_frac"] <= 1.0 and rows[0]["rollout/gen_rounds"] >= 1
 
 
-ZOO = ["cispo", "gmpo", "gpg", "gspo", "nsr", "opo", "psr", "reinforce_pp", "rloo", "sapo",
-       "w_reinforce"]
+ZOO = ["cispo", "clip_cov", "gmpo", "gpg", "gspo", "kl_cov", "nsr", "opo", "psr", "reinforce_pp",
+       "rloo", "sapo", "w_reinforce"]
 
 
 @pytest.mark.parametrize("algo", ZOO)
@@ -168,7 +168,7 @@ def test_sigkill_sigterm_and_relaunch_give_identical_metrics(sft_base, math_data
             torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("algo", ["grpo", "wapo"])
+@pytest.mark.parametrize("algo", ["grpo", "wapo", "clip_cov", "kl_cov"])
 def test_micro_batching_keeps_the_gradient(sft_base, math_data, tmp_path, algo):
     """One mini-batch of 64 completions as 1 micro-batch or 8: same loss and gradient norm."""
     rows = {}

@@ -87,6 +87,19 @@ class OnPolicyScores:
         return {k: torch.cat(v)[order] for k, v in self.parts.items()}
 
 
+def rows_of(normalizer, mb: torch.Tensor, micro: torch.Tensor):
+    """The part of a mini-batch normaliser that micro-batch rows `micro` (a subset of the
+    ascending rows `mb`) need: a dict's tensors with one row per mini-batch row are cut to the
+    micro-batch's rows; a scalar, or anything else, passes unchanged."""
+    if not isinstance(normalizer, dict):
+        return normalizer
+    at = torch.searchsorted(mb, micro)
+    return {
+        k: v[at.to(v.device)] if torch.is_tensor(v) and v.dim() > 0 and len(v) == len(mb) else v
+        for k, v in normalizer.items()
+    }
+
+
 class PolicyUpdate:
     def __init__(self, policy, algo, cfg: RunConfig, ref_model=None):
         self.policy, self.algo, self.cfg, self.ref_model = policy, algo, cfg, ref_model
@@ -130,7 +143,12 @@ class PolicyUpdate:
         """One optimizer step on rows `mb`. Old log-probs come from `before` (the measurement
         before the update), or from this forward when on-policy (`recorder` keeps them)."""
         r, mask = batch.rollouts, batch.rollouts.completion_mask
-        normalizer = self.algo.loss_normalizer(batch.adv[mb], mask[mb], batch.group_ids[mb])
+        extra = {}
+        if self.algo.normalizer_logp:  # the mini-batch's log-probs before its update, no grad
+            now = self.current_logp(r, mb)
+            known = {"logp": now, "old_logp": now if before is None else before["logp"][mb]}
+            extra = {k: known[k] for k in self.algo.normalizer_logp}
+        normalizer = self.algo.loss_normalizer(batch.adv[mb], mask[mb], batch.group_ids[mb], **extra)
         self.policy.zero_grad()
         finite = True
         micro_batches = [mb] if self.whole_mini_batches else self.micro_batches(mb, r.lengths)
@@ -143,7 +161,7 @@ class PolicyUpdate:
                 old = before["logp"][micro]
             keywords = {}  # what this algorithm's policy_loss accepts (algorithms/contract.py)
             if self.algo.loss_keywords.normalizer:
-                keywords["normalizer"] = normalizer
+                keywords["normalizer"] = rows_of(normalizer, mb, micro)
             if self.algo.loss_keywords.ref_logp:
                 keywords["ref_logp"] = None if ref_logp is None else ref_logp[micro]
             loss, stats = self.algo.policy_loss(
@@ -207,6 +225,15 @@ class PolicyUpdate:
         the same for any split."""
         idx = idx[torch.sort(lengths[idx], stable=True).indices]
         return list(idx.split(min(self.cfg.train.micro_batch_size, len(idx))))
+
+    @torch.no_grad()
+    def current_logp(self, r: Rollouts, rows: torch.Tensor) -> torch.Tensor:
+        """Per-token log-probs [len(rows), T] of rows `rows` (ascending) under the weights now,
+        without gradient: what a loss_normalizer that names `logp` receives."""
+        out = torch.zeros(len(rows), r.completion_ids.shape[1])
+        for micro in self.micro_batches(rows, r.lengths):
+            out[torch.searchsorted(rows, micro)] = self.score(self.policy.module, r, micro, False)["logp"].cpu()
+        return out
 
     @torch.no_grad()
     def measure(self, batch: Batch, model=None) -> dict[str, torch.Tensor]:
