@@ -36,13 +36,22 @@ def _cmd_sft(args) -> None:
 
 
 def _cmd_train(args) -> int:
+    from rlvr.ranks import is_main, world_size
     from rlvr.train import PREEMPTED_EXIT_CODE, train
     from rlvr.update.distributed import shutdown_distributed
 
     try:
         status = train(load_config(args.config, args.overrides))
-    finally:
-        shutdown_distributed()
+        main = is_main()  # read before the group is gone
+    except BaseException:
+        # one process: tear down for a later in-process run. Several ranks: no barrier with peers
+        # that may be mid-collective; this rank exits and the launcher stops the others.
+        if world_size() == 1:
+            shutdown_distributed()
+        raise
+    shutdown_distributed()
+    if not main:
+        return PREEMPTED_EXIT_CODE if status["state"] == "preempted" else 0
     print(f"train: {status['state']} at step {status['step']}" + (f" ({status['reason']})" if status.get("reason") else ""))
     # preempted: a failed job to the scheduler, which retries it; the relaunch resumes
     return PREEMPTED_EXIT_CODE if status["state"] == "preempted" else 0

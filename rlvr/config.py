@@ -96,6 +96,17 @@ class TrainConfig(Section):
     epochs: int = Field(1, ge=1, description="Passes over the rollout batch.")
     micro_batch_size: int = Field(64, ge=1, description="Completions per forward/backward.")
     zero_stage: Literal[0, 1, 2, 3] = 0
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel ranks per node: the DAG launches the run with `torchrun "
+        "--nproc_per_node=processes` (CPU processes, or one per GPU). One run's gradient on N "
+        "ranks equals one process's on the same global batch; rollout.prompts_per_step must be "
+        "divisible by processes × nodes. A run torchrun starts records its world size here.",
+    )
+    nodes: int = Field(
+        1, ge=1, description="Nodes of a multi-node run (Slurm: srun + a torchrun rendezvous)."
+    )
     precision: Literal["fp32", "bf16", "auto"] = Field(
         "fp32",
         description="fp32 by default on every machine: the update is what the benchmark compares, "

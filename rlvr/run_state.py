@@ -13,6 +13,7 @@ import torch
 
 from rlvr.config import RunConfig, dump_config
 from rlvr.io import atomic_write_json, atomic_write_text
+from rlvr.ranks import barrier, is_main
 
 
 def write_status(run_dir: Path, state: str, step: int, reason: str | None = None, **extra) -> None:
@@ -76,14 +77,18 @@ class MetricsLog:
     """metrics.jsonl (key `step` first) mirrored to wandb; on resume, rows past the step are cut.
 
     Wall-clock timings (`perf/`) go to perf.jsonl and wandb, not metrics.jsonl, so the same
-    config and seed give a byte-identical metrics.jsonl on CPU.
+    config and seed give a byte-identical metrics.jsonl on CPU. Only rank 0 of a data-parallel
+    run writes (the metrics are global); on other ranks the log is disabled.
     """
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, resume_step: int):
+    def __init__(self, run_dir: Path, cfg: RunConfig, resume_step: int, enabled: bool = True):
+        self.enabled = enabled
         self.paths = {"metrics": run_dir / "metrics.jsonl", "perf": run_dir / "perf.jsonl"}
+        self.wandb = None
+        if not enabled:
+            return
         for path in self.paths.values():
             atomic_write_text(path, "".join(r + "\n" for r in _rows_up_to(path, resume_step)))
-        self.wandb = None
         if cfg.logging.wandb:
             import wandb
 
@@ -98,6 +103,8 @@ class MetricsLog:
             )
 
     def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
         perf = {k: v for k, v in metrics.items() if k.startswith("perf/")}
         rest = {k: v for k, v in metrics.items() if not k.startswith("perf/")}
         for name, row in (("metrics", rest), ("perf", perf)):
@@ -147,17 +154,23 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def save_checkpoint(run_dir: Path, engine, step: int, client_state: dict, keep: int) -> Path:
     """DeepSpeed state (model, optimizer, scheduler) + client state, written to a temp folder and
-    renamed, so a killed job leaves either the previous checkpoint or the new one."""
+    renamed, so a killed job leaves either the previous checkpoint or the new one. Every rank of a
+    data-parallel run writes its own part into the same folder; rank 0 prepares and renames it."""
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp_{CKPT_PREFIX}{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    engine.save_checkpoint(str(tmp), tag="state", client_state=client_state)
     final = root / f"{CKPT_PREFIX}{step:06d}"
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in sorted(root.glob(f"{CKPT_PREFIX}*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
+    engine.save_checkpoint(str(tmp), tag="state", client_state=client_state)
+    barrier()  # every rank's part is on disk
+    if is_main():
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(root.glob(f"{CKPT_PREFIX}*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()  # no rank reads the folder before it exists
     return final
 
 

@@ -77,7 +77,7 @@ def sampled_accuracy(model, tok, cfg: RunConfig, records, reward_fn, seed: int) 
     rewards = []
     for i in range(0, len(records), 64):
         chunk = records[i : i + 64]
-        roll = engine.generate([r.prompt for r in chunk], 1, seed=seed + i)
+        roll = engine.generate([r.prompt for r in chunk], 1, seeds=[seed + i + j for j in range(len(chunk))])
         rewards += [reward_fn(t, r.answer) for t, r in zip(roll.texts, chunk, strict=True)]
     return sum(rewards) / max(len(rewards), 1)
 

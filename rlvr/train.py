@@ -4,11 +4,19 @@ load base → each step: draw P prompts → G completions each → verifier rewa
 → algo.shape_rewards → algo.filter_groups (refill) → algo.advantages → old log-probs
 → k mini-batch updates (DeepSpeed, micro-batched, mini-batch normaliser) → statistics
 → metrics.jsonl + wandb → collapse check → checkpoint
+
+Data parallel (`torchrun --nproc_per_node=N -m rlvr train ...`): every rank draws the same P
+prompts and samples its contiguous share of the groups, each group seeded by its own position
+in the step's draw (so its completions do not depend on which rank samples it); the round is
+then gathered, so every rank holds the whole batch and filtering, refill rounds, advantages and
+statistics are the single-process ones. The update splits each mini-batch's rows over the ranks
+(rlvr/update/step.py). Rank 0 writes metrics, status and exports; every rank its checkpoint part.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import signal
 import threading
@@ -27,6 +35,7 @@ from rlvr.device import check_engines, provenance, resolve_precision
 from rlvr.io import atomic_write_json
 from rlvr.models import check_model_source, load_model_and_tokenizer
 from rlvr.models import save_checkpoint as save_hf
+from rlvr.ranks import any_rank, gather_objects, is_main, launched_world_size, rank, world_size
 from rlvr.rollout import Rollouts, make_rollout_engine
 from rlvr.rollout.base import cat_rollouts, select_rows
 from rlvr.run_state import (
@@ -81,6 +90,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         # algorithm, data, engines and the model's location are validated before any model loads
+        check_ranks(cfg)
         check_engines(cfg)
         algorithms.import_modules(cfg.algorithm.modules)
         self.algo = algorithms.get(cfg.algorithm.name, **cfg.algorithm.hparams)
@@ -123,6 +133,22 @@ class Trainer:
             [self.reward_fn(t, records[i // G].answer) for i, t in enumerate(roll.texts)]
         )
 
+    def sample_round(self, records: list[Record], round_: int) -> tuple[Rollouts, torch.Tensor]:
+        """G completions of each record and their verifier rewards. Each rank samples its
+        contiguous share of the groups; every rank gets the whole round back, in group order.
+        Group k of a round is seeded by (seed, step, round, k) alone."""
+        G, world, me = self.cfg.rollout.group_size, world_size(), rank()
+        base = (self.cfg.seed * 100_003 + self.step * 101 + round_) * 4099
+        lo, hi = len(records) * me // world, len(records) * (me + 1) // world
+        mine = None
+        if hi > lo:
+            roll = self.engine.generate(
+                [r.prompt for r in records[lo:hi]], G, [base + k for k in range(lo, hi)]
+            )
+            mine = (roll, self.rewards_for(roll, records[lo:hi]))
+        parts = [p for p in gather_objects(mine) if p is not None]
+        return cat_rollouts([r for r, _ in parts], self.tok.pad_token_id), torch.cat([w for _, w in parts])
+
     def collect(self) -> tuple[Batch, dict]:
         """Sample until the algorithm keeps P groups (or its refill budget runs out)."""
         P, G = self.cfg.rollout.prompts_per_step, self.cfg.rollout.group_size
@@ -132,14 +158,9 @@ class Trainer:
         while True:
             want = P - n_kept_groups
             records = [self.records[i] for i in self.sampler.next(want)]
-            roll = self.engine.generate(
-                [r.prompt for r in records],
-                G,
-                seed=self.cfg.seed * 100_003 + self.step * 101 + rounds,
-            )
+            roll, rewards = self.sample_round(records, rounds)
             gids = torch.arange(next_gid, next_gid + want).repeat_interleave(G)
             next_gid += want
-            rewards = self.rewards_for(roll, records)
             shaped = self.algo.shape_rewards(rewards, roll.lengths, roll.truncated)
             # filter on the verifier's rewards (as verl's DAPO recipe does), so groups that differ
             # only by a length penalty are not mistaken for mixed-reward groups
@@ -195,10 +216,11 @@ class Trainer:
         self.collapse.load_state_dict(state["collapse"])
         set_rng_state(state["rng"])
         self.engine.sync_weights()
-        print(f"resumed from {ckpt} at step {self.step}")
+        if is_main():
+            print(f"resumed from {ckpt} at step {self.step}")
 
     def run(self) -> dict:
-        cfg = self.cfg
+        cfg, main = self.cfg, is_main()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         status = read_status(self.run_dir)
         if (
@@ -208,13 +230,14 @@ class Trainer:
         ):
             print(f"{self.run_dir} is already {status['state']}; nothing to do")
             return status
-        save_resolved_config(self.run_dir, cfg)
-        atomic_write_json(self.run_dir / "provenance.json", provenance(self.precision))
+        if main:
+            save_resolved_config(self.run_dir, cfg)
+            atomic_write_json(self.run_dir / "provenance.json", provenance(self.precision))
         self.resume()
-        log = MetricsLog(self.run_dir, cfg, resume_step=self.step)
-        write_status(self.run_dir, "running", self.step)
+        log = MetricsLog(self.run_dir, cfg, resume_step=self.step, enabled=main)
+        self.write_status("running", self.step)
         collapsed: tuple[int, str] | None = None  # (step, reason) of the first detection
-        progress = _progress(cfg.train.steps, self.step, cfg.logging.progress)
+        progress = _progress(cfg.train.steps, self.step, cfg.logging.progress and main)
         with StopSignal() as stop:
             try:
                 while self.step < cfg.train.steps:
@@ -237,21 +260,32 @@ class Trainer:
                         if cfg.collapse.stop:
                             break
                     self.maybe_checkpoint()
-                    if stop.received and self.step < cfg.train.steps:
-                        return self.preempt(log, signal.Signals(stop.received).name)
+                    # every rank stops at the same step, whichever received the signal
+                    if any_rank(stop.received is not None) and self.step < cfg.train.steps:
+                        name = signal.Signals(stop.received or signal.SIGTERM).name
+                        return self.preempt(log, name)
             except Exception as err:  # recorded, then re-raised: the DAG sees a failed job
-                write_status(self.run_dir, "failed", self.step, f"{type(err).__name__}: {err}")
+                # by the rank that failed (the launcher then stops the others mid-collective); the
+                # first failure is the cause: a peer that lost its connection to it keeps it
+                where = f"rank {rank()}: " if world_size() > 1 else ""
+                if (read_status(self.run_dir) or {}).get("state") != "failed":
+                    write_status(self.run_dir, "failed", self.step, f"{where}{type(err).__name__}: {err}")
                 log.close()
                 raise
             finally:
                 progress.close()
         self.export_hf(self.run_dir / "final")
         if collapsed:
-            write_status(self.run_dir, "collapsed", collapsed[0], collapsed[1], steps_run=self.step)
+            self.write_status("collapsed", collapsed[0], collapsed[1], steps_run=self.step)
         else:
-            write_status(self.run_dir, "completed", self.step, None, steps_run=self.step)
+            self.write_status("completed", self.step, None, steps_run=self.step)
         log.close()
-        return read_status(self.run_dir)
+        return gather_objects(read_status(self.run_dir) if main else None)[0]  # rank 0's, everywhere
+
+    def write_status(self, state: str, step: int, reason: str | None = None, **extra) -> None:
+        """status.json, by rank 0 (a failing rank writes its own reason: see `run`)."""
+        if is_main():
+            write_status(self.run_dir, state, step, reason, world_size=world_size(), **extra)
 
     def train_step(self) -> tuple[Batch | None, dict]:
         """collect → advantages → update → push the weights to the engine; the step's metrics."""
@@ -303,12 +337,15 @@ class Trainer:
         if latest_checkpoint(self.run_dir) != self.run_dir / "checkpoints" / f"step_{self.step:06d}":
             self.save_state()
         reason = f"{signal_name} received; checkpoint at step {self.step}, relaunch to resume"
-        write_status(self.run_dir, "preempted", self.step, reason)
+        self.write_status("preempted", self.step, reason)
         log.close()
-        return read_status(self.run_dir)
+        return gather_objects(read_status(self.run_dir) if is_main() else None)[0]
 
     def export_hf(self, dest: Path) -> None:
-        """The current policy as a standard HF checkpoint (LoRA merged into a copy), atomically."""
+        """The current policy as a standard HF checkpoint (LoRA merged into a copy), atomically;
+        by rank 0 (every rank holds the same weights at ZeRO 0-2)."""
+        if not is_main():
+            return
         model = self.policy.module
         if self.cfg.model.lora.enabled:
             model = copy.deepcopy(model).merge_and_unload()
@@ -317,6 +354,32 @@ class Trainer:
         save_hf(model, self.tok, tmp)
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
+
+
+def check_ranks(cfg: RunConfig) -> None:
+    """The launcher's world size against train.processes × train.nodes and the step's groups,
+    before any compute; a torchrun launch without the fields records its world size in them."""
+    world, asked = launched_world_size(), cfg.train.processes * cfg.train.nodes
+    if world == 1 and asked > 1:
+        raise ValueError(
+            f"train.processes={cfg.train.processes} × train.nodes={cfg.train.nodes} ranks asked, "
+            f"but this process was not started by a launcher: run `torchrun "
+            f"--nproc_per_node={cfg.train.processes} -m rlvr train ...` (the DAG's train rule does)"
+        )
+    if world > 1 and asked not in (1, world):
+        raise ValueError(
+            f"torchrun started {world} ranks but train.processes × train.nodes = {asked}; "
+            "make them agree (or leave both at 1)"
+        )
+    if world > 1 and asked == 1:  # recorded in the resolved config
+        cfg.train.processes = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        cfg.train.nodes = world // cfg.train.processes
+    P = cfg.rollout.prompts_per_step
+    if P % world:
+        raise ValueError(
+            f"rollout.prompts_per_step={P} must be divisible by the {world} data-parallel ranks "
+            "(whole groups on each rank); pick a multiple of the rank count"
+        )
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -60,7 +60,7 @@ def teacher_forced_logp(model, roll, temperature, top_p):
 def test_sampling_logp_equals_teacher_forced_forward(make_model, temperature, top_p):
     model, tok = make_model()
     cfg = RolloutConfig(max_new_tokens=24, temperature=temperature, top_p=top_p)
-    roll = NativeRolloutEngine(model, tok, cfg).generate(PROMPTS, 8, seed=3)
+    roll = NativeRolloutEngine(model, tok, cfg).generate(PROMPTS, 8, seeds=[3] * len(PROMPTS))
     assert roll.completion_ids.shape[0] == len(PROMPTS) * 8
     expected = teacher_forced_logp(model, roll, temperature, top_p)
     assert (roll.sampling_logp - expected).abs().max() < 1e-5
@@ -70,7 +70,7 @@ def test_sampling_logp_equals_teacher_forced_forward(make_model, temperature, to
 def test_bf16_weights_stay_close_to_fp32():
     model, tok = build_tiny_model("qwen2", seed=1)
     roll = NativeRolloutEngine(model, tok, RolloutConfig(max_new_tokens=24), bf16=True).generate(
-        PROMPTS, 8, seed=3
+        PROMPTS, 8, seeds=[3] * len(PROMPTS)
     )
     diff = (roll.sampling_logp - teacher_forced_logp(model, roll, 1.0, 1.0)).abs().max()
     assert 0 < diff < 0.05  # bf16 projections: not exact, but close (measured 0.005)
@@ -82,7 +82,7 @@ def test_rows_stop_at_eos_and_pad_after():
         model.lm_head.weight[tok.eos_token_id] += 0.3 * model.model.embed_tokens.weight.mean(0)
         model.model.norm.weight.mul_(4)
     roll = NativeRolloutEngine(model, tok, RolloutConfig(max_new_tokens=32)).generate(
-        PROMPTS, 8, seed=0
+        PROMPTS, 8, seeds=list(range(len(PROMPTS)))
     )
     ids, mask = roll.completion_ids, roll.completion_mask.bool()
     finished = ~roll.truncated
@@ -99,9 +99,24 @@ def test_rows_stop_at_eos_and_pad_after():
 def test_same_seed_same_rollouts_and_seeds_differ():
     model, tok = build_tiny_model("llama", seed=0)
     engine = NativeRolloutEngine(model, tok, RolloutConfig(max_new_tokens=16))
-    a, b, c = (engine.generate(PROMPTS, 4, seed=s) for s in (5, 5, 6))
+    seeds = [5, 6, 7]
+    a, b, c = (engine.generate(PROMPTS[:3], 4, seeds=s) for s in (seeds, seeds, [5, 6, 8]))
     assert torch.equal(a.completion_ids, b.completion_ids) and a.texts == b.texts
-    assert not torch.equal(a.completion_ids, c.completion_ids)
+    assert torch.equal(a.completion_ids[:8], c.completion_ids[:8])  # prompts 0 and 1: same seeds
+    assert not torch.equal(a.completion_ids[8:], c.completion_ids[8:])
+
+
+def test_a_prompts_completions_do_not_depend_on_the_rest_of_its_batch():
+    """What a data-parallel run needs: a group sampled alone, or by another rank beside other
+    prompts, gets the same completions from the same seed."""
+    model, tok = build_tiny_model("qwen2", seed=0)
+    engine = NativeRolloutEngine(model, tok, RolloutConfig(max_new_tokens=16))
+    together = engine.generate(PROMPTS[:4], 4, seeds=[11, 12, 13, 14])
+    for i in range(4):
+        alone = engine.generate([PROMPTS[i]], 4, seeds=[11 + i])
+        width = alone.completion_ids.shape[1]
+        assert torch.equal(together.completion_ids[4 * i : 4 * i + 4, :width], alone.completion_ids)
+        assert together.texts[4 * i : 4 * i + 4] == alone.texts
 
 
 def test_inverse_cdf_sampler_matches_the_distribution():

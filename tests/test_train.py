@@ -329,20 +329,26 @@ def test_a_natural_outside_algorithm_trains_on_whole_mini_batches(sft_base, math
 
 
 def test_grpo_raises_held_out_accuracy(sft_base, math_data, tmp_path):
-    """The ENVIRONMENT.md measurement as a test: 60 GRPO steps at lr 1e-4 add points held out."""
+    """The ENVIRONMENT.md measurement as a test: 60 GRPO steps at lr 1e-4 add points held out,
+    on average over two seeds (one seed's gain is within a couple of noise widths of zero)."""
     test = load_records(math_data / "test.jsonl")
-    cfg = load_config(None, run_overrides(sft_base, math_data, tmp_path, "train.steps=60"))
 
-    def accuracy(path: Path) -> float:
+    def accuracy(path: Path, cfg) -> float:
         model, tok = load_model_and_tokenizer(path)
         # 256 prompts × 4 samples: noise ≈ ±0.015
         return (
             sum(sampled_accuracy(model, tok, cfg, test, math_reward, seed=s) for s in range(4)) / 4
         )
 
-    before = accuracy(sft_base)
-    assert train(cfg)["state"] == "completed"
-    after = accuracy(tmp_path / "final")
-    print(f"held-out sampled accuracy {before:.3f} -> {after:.3f}")
-    # measured: +0.057 (0.259 -> 0.316); the held-out noise of 1024 samples is about ±0.015
-    assert after - before > 0.03, (before, after)
+    gains = []
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        cfg = load_config(None, run_overrides(sft_base, math_data, out, "train.steps=60", f"seed={seed}"))
+        before = accuracy(sft_base, cfg)
+        assert train(cfg)["state"] == "completed"
+        after = accuracy(out / "final", cfg)
+        print(f"seed {seed}: held-out sampled accuracy {before:.3f} -> {after:.3f}")
+        gains.append(after - before)
+    # measured (AMD EPYC avx512_bf16): +0.020 and +0.058 (seeds 2, 3: +0.048, +0.022); the noise
+    # of one gain is about ±0.02, of the mean of two about ±0.013
+    assert min(gains) > 0 and sum(gains) / 2 > 0.025, gains

@@ -357,7 +357,7 @@ def collect_through_the_loop(algo, rewards: list[float], lengths: list[int], G: 
 
     n_prompts, width = len(rewards) // G, max(lengths)
 
-    def generate(prompts, n, seed):
+    def generate(prompts, n, seeds):
         N = len(prompts) * n
         mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).float()
         return Rollouts(
@@ -384,6 +384,7 @@ def collect_through_the_loop(algo, rewards: list[float], lengths: list[int], G: 
         tok=SimpleNamespace(pad_token_id=0),
         step=0,
     )
+    fake.sample_round = lambda records, round_: Trainer.sample_round(fake, records, round_)
     batch, _ = Trainer.collect(fake)
     return batch, Trainer.advantages(fake, batch)
 

@@ -27,11 +27,25 @@ class Rollouts:
 
 
 class RolloutEngine(Protocol):
-    def generate(self, prompts: list[str], n: int, seed: int) -> Rollouts:
-        """Sample `n` completions for each prompt; completions of prompt i are rows i*n..i*n+n-1."""
+    def generate(self, prompts: list[str], n: int, seeds: list[int]) -> Rollouts:
+        """Sample `n` completions for each prompt; completions of prompt i are rows i*n..i*n+n-1,
+        drawn with prompt i's seed `seeds[i]` (native and vllm: whatever else is in the batch)."""
 
     def sync_weights(self) -> None:
         """Make the engine sample from the policy's current weights."""
+
+
+def row_uniforms(seeds: list[int], n: int, steps: int) -> torch.Tensor:
+    """[len(seeds)·n, steps] uniforms in [0, 1): row j of prompt i from its own generator, seeded
+    by (seeds[i], j), so a completion's draw does not depend on the other rows of its batch
+    (which rank of a data-parallel run samples it, or how the prompts are batched)."""
+    out = torch.empty(len(seeds) * n, steps)
+    gen = torch.Generator()
+    for i, seed in enumerate(seeds):
+        for j in range(n):
+            gen.manual_seed((int(seed) * 1_000_003 + j) % 2**63)
+            out[i * n + j] = torch.rand(steps, generator=gen)
+    return out
 
 
 def completion_mask_from_ids(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:

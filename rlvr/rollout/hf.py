@@ -20,9 +20,11 @@ class HFRolloutEngine:
         pass
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int, seed: int) -> Rollouts:
+    def generate(self, prompts: list[str], n: int, seeds: list[int]) -> Rollouts:
         ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len, n)
-        torch.manual_seed(seed)
+        # transformers draws the whole batch from one RNG: a completion here depends on the rest
+        # of its batch, so a data-parallel hf run differs from a one-process one (native does not)
+        torch.manual_seed(int(seeds[0]) if seeds else 0)
         was_training = self.model.training
         self.model.eval()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16):

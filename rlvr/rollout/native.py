@@ -34,14 +34,17 @@ from rlvr.native.layers import (
     unique_prompts,
 )
 from rlvr.native.support import unsupported_reason
-from rlvr.rollout.base import Rollouts, encode_prompts, make_rollouts
+from rlvr.rollout.base import Rollouts, encode_prompts, make_rollouts, row_uniforms
 
 
-def sample_tokens(logits: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_tokens(
+    logits: torch.Tensor, top_p: float, u: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row from softmax(logits) (after top-p); return (tokens, log-probs).
 
     Inverse-CDF sampling: token = first index whose cumulative probability exceeds u·total,
-    u ~ U[0, 1). A token of probability 0 can never be drawn. Top-p keeps the smallest set of
+    u ~ U[0, 1) (given per row [N, 1], else from torch's global RNG). A token of probability 0
+    can never be drawn. Top-p keeps the smallest set of
     most likely tokens whose mass reaches top_p (at least one), as transformers' TopPLogitsWarper.
     """
     if top_p < 1.0:
@@ -49,11 +52,13 @@ def sample_tokens(logits: torch.Tensor, top_p: float) -> tuple[torch.Tensor, tor
         drop_sorted = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
         drop_sorted[:, -1] = False
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    elif kernels.applies(logits):  # the same draw in one pass (same uniforms)
-        return kernels.sample_rows(logits, torch.rand(len(logits), 1))
+    if u is None:
+        u = torch.rand(len(logits), 1, device=logits.device)
+    if top_p >= 1.0 and kernels.applies(logits):  # the same draw in one pass (same uniforms)
+        return kernels.sample_rows(logits, u.contiguous())
     logp = F.log_softmax(logits, -1)
     cdf = logp.exp().cumsum(-1)
-    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
+    u = u * cdf[:, -1:]
     tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1).squeeze(-1)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
@@ -108,22 +113,25 @@ class NativeRolloutEngine:
         return x
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int, seed: int) -> Rollouts:
+    def generate(self, prompts: list[str], n: int, seeds: list[int]) -> Rollouts:
         ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len, n)
-        torch.manual_seed(seed)
         dev = self.model.device
+        uniforms = row_uniforms(seeds, n, self.cfg.max_new_tokens).to(dev)
         tokens, logps = self.decode(
-            ids.to(dev), mask.to(dev), self.cfg.max_new_tokens, self.cfg.temperature, self.cfg.top_p
-        )
+            ids.to(dev), mask.to(dev), self.cfg.max_new_tokens, self.cfg.temperature,
+            self.cfg.top_p, uniforms,
+        )  # fmt: skip
         return make_rollouts(self.tok, ids, mask, tokens.cpu(), logps.cpu())
 
     @torch.no_grad()
     def decode(
-        self, ids, mask, max_new_tokens: int, temperature: float, top_p: float = 1.0
+        self, ids, mask, max_new_tokens: int, temperature: float, top_p: float = 1.0,
+        uniforms: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Continue left-padded `ids` by up to max_new_tokens; temperature 0 is greedy. Returns
         (tokens [N, T], their log-probs); a row that emitted EOS continues with padding, and
-        decoding stops early once every row has. Samples from torch's global RNG."""
+        decoding stops early once every row has. Token t of row i is drawn with uniforms[i, t]
+        (rollout.base.row_uniforms), or from torch's global RNG when none are given."""
         N, P = ids.shape
         T, L = max_new_tokens, len(self.model.model.layers)
         d, m = self.dims, self.model
@@ -154,7 +162,8 @@ class NativeRolloutEngine:
                 tok = logits.argmax(-1)
                 logp = F.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
             else:
-                tok, logp = sample_tokens(logits / temperature, top_p)
+                u = None if uniforms is None else uniforms[:, t : t + 1]
+                tok, logp = sample_tokens(logits / temperature, top_p, u)
             tok = tok.masked_fill(done, self.tok.pad_token_id)  # finished rows emit padding
             tokens.append(tok)
             logps.append(logp)

@@ -79,18 +79,22 @@ class VLLMRolloutEngine:
             self.llm.wake_up()
             self.asleep = False
 
-    def generate(self, prompts: list[str], n: int, seed: int) -> Rollouts:
+    def generate(self, prompts: list[str], n: int, seeds: list[int]) -> Rollouts:
         from vllm import SamplingParams
 
         self.wake()
-        params = SamplingParams(
-            n=n,
-            temperature=self.cfg.temperature,
-            top_p=self.cfg.top_p,
-            max_tokens=self.cfg.max_new_tokens,
-            logprobs=0,
-            seed=seed,
-        )
+        # one seeded request per prompt: its n completions do not depend on the rest of the batch
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=self.cfg.temperature,
+                top_p=self.cfg.top_p,
+                max_tokens=self.cfg.max_new_tokens,
+                logprobs=0,
+                seed=int(seed),
+            )
+            for seed in seeds
+        ]
         enc = self.tok(prompts, add_special_tokens=False)["input_ids"]
         outputs = self.llm.generate(
             [{"prompt_token_ids": ids} for ids in enc], params, use_tqdm=False

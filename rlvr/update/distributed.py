@@ -1,5 +1,6 @@
 """The process group DeepSpeed runs in: gloo on CPU, nccl on GPU; torchrun's rendezvous when a
-launcher set one, else a single process on a free port."""
+launcher set one, else a single process on a free port. The collectives the loop uses on that
+group are in rlvr/ranks.py."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ def init_distributed() -> None:
         ("MASTER_ADDR", "127.0.0.1"),
     ):
         os.environ.setdefault(key, value)
-    if not torch.cuda.is_available() and os.environ["WORLD_SIZE"] == "1":
-        # One CPU process communicates with nobody: skip DeepSpeed's shared-memory allreduce op,
-        # which otherwise compiles with gcc (~70 s) on first use in every fresh environment.
+    if not torch.cuda.is_available():
+        # CPU: gloo reduces (one process communicates with nobody at all). Skip DeepSpeed's
+        # shared-memory allreduce op, which otherwise compiles with gcc (~70 s) on first use in
+        # every fresh environment; at the sizes a CPU runs, gloo's allreduce is not the cost.
         import deepspeed.ops
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -52,3 +54,4 @@ def shutdown_distributed() -> None:
             deepspeed.comm.destroy_process_group()
         else:
             torch.distributed.destroy_process_group()
+

@@ -17,6 +17,8 @@ from rlvr.models import use_bf16_friendly_attention
 from rlvr.update.distributed import init_distributed
 from rlvr.update.scoring import completion_logits_of, token_logprobs, use_native_forward
 
+REDUCE_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's default allreduce bucket (elements)
+
 
 def deepspeed_config(cfg: RunConfig) -> dict:
     return {
@@ -75,9 +77,11 @@ class Policy:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
         )
         self.module = self.engine.module
-        if cfg.train.zero_stage == 0 and torch.distributed.get_world_size() == 1:
-            # one rank averages with nobody: skip the flatten-allreduce-unflatten copy of every
-            # gradient DeepSpeed makes at each step (ZeRO 1-3 reduce inside their optimizers)
+        self.world = torch.distributed.get_world_size()
+        if cfg.train.zero_stage == 0:
+            # ZeRO 0: `step` reduces the gradients itself (DeepSpeed's own bucketed allreduce),
+            # before it reads their norm, so the norm and the finite check are the global ones;
+            # one rank averages with nobody and skips it. ZeRO 1-3 reduce inside their optimizers.
             self.engine.enable_backward_allreduce = False
         # bf16 on CPU is autocast (the DeepSpeed bf16 optimizer path needs a GPU)
         self.autocast = cfg.train.precision == "bf16" and not torch.cuda.is_available()
@@ -119,7 +123,16 @@ class Policy:
         self.engine.zero_grad()
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss, scale_wrt_gas=False)
+        """`loss` is this rank's part of the mini-batch loss (divided by the global normaliser);
+        DeepSpeed averages gradients over ranks, so × world makes the average their sum: the
+        gradient of the whole global mini-batch, equal to one process's."""
+        self.engine.backward(loss * self.world if self.world > 1 else loss, scale_wrt_gas=False)
+
+    @property
+    def reduces_in_backward(self) -> bool:
+        """ZeRO 2/3 across ranks reduce gradient buckets inside every backward: every rank must
+        then run the same number of backward calls per optimizer step."""
+        return self.world > 1 and self.cfg.train.zero_stage >= 2
 
     def grad_norm(self) -> float:
         """Global gradient norm before clipping (full local grads at ZeRO 0/1)."""
@@ -135,13 +148,17 @@ class Policy:
     def step(self) -> tuple[float, bool]:
         """Clip + optimizer step. Returns (pre-clip gradient norm, whether the update was applied).
 
-        A non-finite gradient is dropped (no step) at ZeRO 0/1. At ZeRO 2/3 the gradients live in
-        the optimizer's partitions, so the norm is read after the step and the loop counts it.
+        A non-finite gradient is dropped (no step) at ZeRO 0, and at ZeRO 1 on one rank. At ZeRO
+        2/3 (and ZeRO 1 across ranks) the reduced gradients live in the optimizer's partitions,
+        so the norm is read after the step and the loop counts it.
         """
-        if self.cfg.train.zero_stage >= 2:
+        zero = self.cfg.train.zero_stage
+        if zero >= 2 or (zero == 1 and self.world > 1):
             self.engine.step()
             norm = float(self.engine.get_global_grad_norm() or 0.0)
             return norm, bool(torch.isfinite(torch.tensor(norm)))
+        if zero == 0 and self.world > 1:
+            self.engine.buffered_allreduce_fallback(elements_per_buffer=REDUCE_BUCKET_ELEMENTS)
         norm = self.grad_norm()
         if not torch.isfinite(torch.tensor(norm)):
             self.zero_grad()

@@ -9,6 +9,13 @@
 
 Micro-batch losses are already divided by the mini-batch normaliser, so the gradient does not
 depend on how a mini-batch is split (rlvr/update/policy.py: unmanaged gradient accumulation).
+
+Data parallel (N ranks under torchrun): every rank holds the whole step's batch (rlvr/train.py
+gathers it), so advantages, mini-batches and `loss_normalizer` are computed over the global
+batch on every rank, exactly as on one process; each rank then scores and back-propagates only
+its share of each mini-batch's rows (`rank_rows`), DeepSpeed reduces the gradients, and what is
+measured per row (old log-probs, statistics) is gathered back. An algorithm needs nothing extra
+for this: its normaliser already sees the whole mini-batch.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch
 from rlvr.config import RunConfig
 from rlvr.rollout.base import Rollouts
 from rlvr.stats import token_taxonomy
+from rlvr.ranks import any_rank, gather_objects, rank, world_size
 
 COUNT_STATS = ("tokens", "kept", "dropped")  # policy_loss stats that are counts, not rates
 SCORE_STATS = ("entropy", "p_token", "collision")
@@ -53,7 +61,10 @@ class Tally:
         self.sums["loss"] = self.sums.get("loss", 0.0) + loss.item()
 
     def metrics(self, epochs: int) -> dict[str, float]:
-        sums = self.sums
+        sums: dict[str, float] = {}  # every rank's sums (a rank may have trained no rows)
+        for part in gather_objects(self.sums):
+            for k, v in part.items():
+                sums[k] = sums.get(k, 0.0) + v
         tokens = max(sums.get("tokens", 0.0), 1.0)
         out = {f"actor/{k}": v / tokens for k, v in sums.items() if k not in COUNT_STATS + ("loss",)}
         out["actor/loss"] = sums.get("loss", 0.0) / max(self.applied + self.skipped, 1)
@@ -81,10 +92,29 @@ class OnPolicyScores:
         self.rows.append(rows)
 
     def in_row_order(self) -> dict[str, torch.Tensor] | None:
-        if not self.rows:
+        """Every rank's rows, joined in row order."""
+        mine = None
+        if self.rows:
+            rows = torch.cat(self.rows)
+            order = rows.argsort()
+            mine = (rows[order], {k: torch.cat(v)[order] for k, v in self.parts.items()})
+        parts = [p for p in gather_objects(mine) if p is not None]
+        if not parts:
             return None
-        order = torch.cat(self.rows).argsort()
-        return {k: torch.cat(v)[order] for k, v in self.parts.items()}
+        return joined_rows(parts)
+
+
+def joined_rows(parts: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """(rows, {name: [len(rows), ...]}) parts, disjoint rows, into one dict in ascending row order
+    (padded to the widest part: completion widths are the batch's, but a part may be cut)."""
+    rows = torch.cat([r for r, _ in parts])
+    order = rows.argsort()
+    out = {}
+    for k in parts[0][1]:
+        width = max(t[k].shape[-1] for _, t in parts)
+        cat = torch.cat([torch.nn.functional.pad(t[k], (0, width - t[k].shape[-1])) for _, t in parts])
+        out[k] = cat[order]
+    return out
 
 
 def rows_of(normalizer, mb: torch.Tensor, micro: torch.Tensor):
@@ -103,8 +133,15 @@ def rows_of(normalizer, mb: torch.Tensor, micro: torch.Tensor):
 class PolicyUpdate:
     def __init__(self, policy, algo, cfg: RunConfig, ref_model=None):
         self.policy, self.algo, self.cfg, self.ref_model = policy, algo, cfg, ref_model
+        self.rank, self.world = rank(), world_size()
         # a policy_loss without normalizer= normalises over what it is given: the whole mini-batch
         self.whole_mini_batches = not algo.loss_keywords.normalizer
+        if self.whole_mini_batches and self.world > 1:
+            raise ValueError(
+                f"{type(algo).__name__}.policy_loss takes no normalizer=, so a mini-batch cannot be "
+                f"split over {self.world} ranks; accept normalizer= (algorithms/README.md) or train "
+                "on one process"
+            )
         if self.whole_mini_batches:
             print(
                 f"update: {type(algo).__name__}.policy_loss takes no normalizer=, so each mini-batch "
@@ -145,13 +182,17 @@ class PolicyUpdate:
         r, mask = batch.rollouts, batch.rollouts.completion_mask
         extra = {}
         if self.algo.normalizer_logp:  # the mini-batch's log-probs before its update, no grad
-            now = self.current_logp(r, mb)
+            now = self.scored_rows(self.policy.module, r, mb, False)["logp"]
             known = {"logp": now, "old_logp": now if before is None else before["logp"][mb]}
             extra = {k: known[k] for k in self.algo.normalizer_logp}
+        # the whole (global) mini-batch's normaliser, on every rank
         normalizer = self.algo.loss_normalizer(batch.adv[mb], mask[mb], batch.group_ids[mb], **extra)
         self.policy.zero_grad()
         finite = True
-        micro_batches = [mb] if self.whole_mini_batches else self.micro_batches(mb, r.lengths)
+        if self.whole_mini_batches:
+            micro_batches = [mb]
+        else:
+            micro_batches = self.micro_batches(self.rank_rows(mb, r.lengths, self.rank), r.lengths)
         for micro in micro_batches:
             out = self.score(self.policy.engine, r, micro, with_stats=recorder is not None)
             if recorder is not None:
@@ -174,6 +215,9 @@ class PolicyUpdate:
                 continue
             self.policy.backward(loss)
             tally.add(loss, stats)
+        if self.policy.reduces_in_backward:
+            self.balance_backward_calls(r, mb, len(micro_batches))
+        finite = not any_rank(not finite)  # one rank's non-finite loss skips the step everywhere
         if finite:
             norm, finite = self.policy.step()
             tally.grad_norms.append(norm)
@@ -199,6 +243,38 @@ class PolicyUpdate:
                 (after["entropy"] * mask).sum() / mask.sum().clamp(min=1) - ent0
             )
         return metrics
+
+    # ---- splitting rows over ranks ----------------------------------------------------------
+    def rank_rows(self, rows: torch.Tensor, lengths: torch.Tensor, rank: int) -> torch.Tensor:
+        """Rank `rank`'s share of `rows`: every world-th row by completion length, so ranks get
+        about the same number of rows and tokens. All of them on one process."""
+        if self.world == 1:
+            return rows
+        by_length = rows[torch.sort(lengths[rows], stable=True).indices]
+        return by_length[rank :: self.world].sort().values
+
+    def balance_backward_calls(self, r: Rollouts, mb: torch.Tensor, done: int) -> None:
+        """Run zero-loss backward passes until this rank has made as many backward calls as the
+        rank with the most micro-batches (ZeRO 2/3 reduce inside backward, collectively)."""
+        most = max(
+            len(self.micro_batches(self.rank_rows(mb, r.lengths, k), r.lengths)) for k in range(self.world)
+        )
+        for _ in range(most - done):
+            out = self.score(self.policy.engine, r, mb[:1], with_stats=False)
+            self.policy.backward(out["logp"].sum() * 0.0)
+
+    @torch.no_grad()
+    def scored_rows(self, model, r: Rollouts, rows: torch.Tensor, with_stats: bool) -> dict[str, torch.Tensor]:
+        """No-grad scores [len(rows), T] of rows `rows` (ascending) under `model`: each rank
+        scores its share in micro-batches of similar length, and the parts are gathered."""
+        mine = self.rank_rows(rows, r.lengths, self.rank)
+        parts = [(m, {k: v.cpu() for k, v in self.score(model, r, m, with_stats).items()})
+                 for m in self.micro_batches(mine, r.lengths)] if len(mine) else []
+        local = (torch.cat([m for m, _ in parts]).sort().values, joined_rows(parts)) if parts else None
+        gathered = [p for p in gather_objects(local) if p is not None]
+        rows_seen, out = torch.cat([p[0] for p in gathered]).sort().values, joined_rows(gathered)
+        assert torch.equal(rows_seen, rows), "every row is scored exactly once"
+        return out
 
     # ---- scoring rows of a batch ------------------------------------------------------------
     def score(self, model, r: Rollouts, idx: torch.Tensor, with_stats: bool) -> dict:
@@ -226,23 +302,10 @@ class PolicyUpdate:
         idx = idx[torch.sort(lengths[idx], stable=True).indices]
         return list(idx.split(min(self.cfg.train.micro_batch_size, len(idx))))
 
-    @torch.no_grad()
-    def current_logp(self, r: Rollouts, rows: torch.Tensor) -> torch.Tensor:
-        """Per-token log-probs [len(rows), T] of rows `rows` (ascending) under the weights now,
-        without gradient: what a loss_normalizer that names `logp` receives."""
-        out = torch.zeros(len(rows), r.completion_ids.shape[1])
-        for micro in self.micro_batches(rows, r.lengths):
-            out[torch.searchsorted(rows, micro)] = self.score(self.policy.module, r, micro, False)["logp"].cpu()
-        return out
-
-    @torch.no_grad()
     def measure(self, batch: Batch, model=None) -> dict[str, torch.Tensor]:
         """No-grad pass over the whole batch: log-probs, entropy, p(token), Σp²."""
-        model = model or self.policy.module
-        micro = self.micro_batches(torch.arange(len(batch.rewards)), batch.rollouts.lengths)
-        parts = [self.score(model, batch.rollouts, i, True) for i in micro]
-        order = torch.cat(micro).argsort()  # micro-batches are grouped by length: restore row order
-        return {k: torch.cat([p[k] for p in parts])[order].cpu() for k in parts[0]}
+        rows = torch.arange(len(batch.rewards))
+        return self.scored_rows(model or self.policy.module, batch.rollouts, rows, True)
 
     @torch.no_grad()
     def reference_logp(self, batch: Batch) -> torch.Tensor | None:

@@ -1,0 +1,93 @@
+"""One policy update per registered algorithm on one fixed global batch, on however many ranks
+this process is one of (`python tests/dp_update_worker.py OUT` or `torchrun --standalone
+--nproc_per_node=2 tests/dp_update_worker.py OUT`). Rank 0 writes, per algorithm, the updated
+weights and the update's metrics to OUT/<name>.pt; tests/test_data_parallel.py compares a
+1-process run with a 2-rank one.
+
+The batch is the same on every rank and in every run: a tiny Qwen2 (seeded) samples 8 prompts ×
+4 completions with fixed seeds, and the rewards are a fixed random 0/1 draw.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import algorithms  # noqa: E402
+from rlvr.config import load_config  # noqa: E402
+from rlvr.models import build_tiny_model  # noqa: E402
+from rlvr.ranks import is_main  # noqa: E402
+from rlvr.rollout import NativeRolloutEngine  # noqa: E402
+from rlvr.update import Batch, Policy, PolicyUpdate  # noqa: E402
+
+PROMPTS = [f"Q: {a}+{b}=" for a, b in ((1, 2), (13, 5), (40, 41), (7, 77), (9, 9), (2, 50), (61, 3), (8, 30))]
+G = 4
+# (label, algorithm, hparams, train overrides): every registered algorithm off-policy (2
+# mini-batches: a measured `before`, gathered), GRPO also on-policy (the update's own forward)
+# and at ZeRO 1 and 2, and the outside example algorithm
+EXTRA = [
+    ("grpo@on_policy", "grpo", {}, ["train.mini_batches=1"]),
+    ("grpo@zero1", "grpo", {}, ["train.zero_stage=1"]),
+    ("grpo@zero2", "grpo", {}, ["train.zero_stage=2"]),
+    ("median_baseline_example", "median_baseline_example", {}, []),
+]
+
+
+def cases() -> list[tuple[str, str, dict, list[str]]]:
+    algorithms.import_modules(["ext_algo_example"])
+    own = [(name, name, {}, []) for name in algorithms.available() if name != "median_baseline_example"]
+    return own + EXTRA
+
+
+def fixed_batch(model, tok, cfg, algo) -> Batch:
+    roll = NativeRolloutEngine(model, tok, cfg.rollout).generate(PROMPTS, G, list(range(len(PROMPTS))))
+    gids = torch.arange(len(PROMPTS)).repeat_interleave(G)
+    rewards = (torch.rand(len(gids), generator=torch.Generator().manual_seed(7)) < 0.5).float()
+    batch = Batch(roll, gids, algo.shape_rewards(rewards, roll.lengths, roll.truncated))
+    extra = {"lengths": roll.lengths} if algo.advantage_lengths else {}
+    batch.adv = algo.advantages(batch.rewards, gids, **extra)
+    return batch
+
+
+def main(out: Path, only: list[str]) -> None:
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = cases()
+    if is_main():  # what this process had registered, and the cases it ran
+        manifest = {"registered": algorithms.available(), "cases": [c[0] for c in todo]}
+        (out / "cases.json").write_text(json.dumps(manifest))
+    for label, name, hparams, overrides in todo:
+        if only and label not in only:
+            continue
+        cfg = load_config(None, [
+            "rollout.max_new_tokens=12", "train.lr=1e-3", "train.mini_batches=2",
+            "train.micro_batch_size=3", "train.entropy_delta_every=1", *overrides,
+        ])  # fmt: skip
+        algo = algorithms.get(name, **hparams).bind(group_size=G, max_new_tokens=12, max_prompt_len=64)
+        model, tok = build_tiny_model("qwen2", seed=3)
+        ref = build_tiny_model("qwen2", seed=3)[0].requires_grad_(False).eval() if algo.needs_reference else None
+        policy = Policy(model, cfg)
+        # Adam's eps raised so its step is about linear in the gradient and the weights show
+        # the gradient: at eps 1e-8 an element whose gradient is ~eps turns float noise of 1e-10
+        # into a step difference of ~lr·1e-2 (seen: 3 of 65 536 elements at 1e-5), which says
+        # nothing about the gradient; a scale error (Adam's blind spot) now shows in the weights
+        for group in policy.optimizer.param_groups:
+            group["eps"] = 1e-2
+        batch = fixed_batch(policy.module, tok, cfg, algo)
+        metrics = PolicyUpdate(policy, algo, cfg, ref)(batch, step=0)
+        if is_main():
+            state = {k: v.detach().clone() for k, v in policy.module.state_dict().items()}
+            torch.save({"weights": state, "metrics": metrics}, out / f"{label}.pt")
+
+
+if __name__ == "__main__":
+    from rlvr.update.distributed import shutdown_distributed
+
+    main(Path(sys.argv[1]), sys.argv[2:])
+    shutdown_distributed()
