@@ -62,6 +62,12 @@ def test_slurm_profile_runs_the_minimal_matrix(slurm):
     assert json.loads((run / "status.json").read_text())["state"] == "completed"
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     assert json.loads((run / "eval/math.json").read_text())["n"] == 8
+    # the data-parallel job: torchrun inside the sbatch job, 2 ranks, rank 0 wrote one row a step
+    ranks = ROOT / "runs/ci_slurm/math/qwen2/grpo_2ranks/seed0"
+    status = json.loads((ranks / "status.json").read_text())
+    assert status["state"] == "completed" and status["world_size"] == 2, status
+    assert len((ranks / "metrics.jsonl").read_text().splitlines()) == 3
+    assert "torchrun --standalone --nproc_per_node=2" in done.stdout + done.stderr
     assert (ROOT / "runs/ci_slurm/math/qwen2/base/eval/math.json").exists()
     assert "grpo" in (ROOT / ".tmp/results_ci_slurm/leaderboard.md").read_text()
     # every rule went through sbatch: the plugin keeps one log per submitted job (rule_<name>/...)

@@ -92,6 +92,43 @@ def train_overrides(w):
     return cli_args(items)
 
 
+def train_section(w):
+    """The run config's `train` section of one train job (run, suite, model, algorithm merged)."""
+    _, _, algo_run = algo_entry(w.algo)
+    return merged(config.get("run", {}), SUITES[w.suite].get("run", {}), MODELS[w.model].get("run", {}), algo_run).get("train", {})
+
+
+def train_ranks(w):
+    """(processes per node, nodes) of one train job: data-parallel ranks, rlvr/config.py."""
+    train = train_section(w)
+    return int(train.get("processes", 1)), int(train.get("nodes", 1))
+
+
+def train_threads(w):
+    """Cores a train job takes: its processes on one node × each one's torch threads."""
+    processes, _ = train_ranks(w)
+    return processes * int(train_section(w).get("threads") or 1)
+
+
+def train_gpus(w):
+    return train_ranks(w)[0] if config.get("accelerator", "cpu") == "gpu" else 0
+
+
+def train_launcher(w):
+    """`rlvr train` on one process; torchrun for data-parallel ranks on one node; on several
+    nodes one torchrun per node (srun) meeting at a c10d rendezvous on the allocation's first node."""
+    processes, nodes = train_ranks(w)
+    if processes * nodes == 1:
+        return "rlvr train"
+    if nodes == 1:
+        return f"torchrun --standalone --nproc_per_node={processes} -m rlvr train"
+    return (
+        f"srun --nodes={nodes} --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc_per_node={processes} "
+        "--rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d "
+        "--rdzv_endpoint=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1):29500 -m rlvr train"
+    )
+
+
 def eval_suites(suite):
     return [suite] + list(SUITES[suite].get("eval", []))
 
