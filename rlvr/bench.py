@@ -3,7 +3,8 @@
 Each side runs in its own child process (clean peak-memory reading), alternating ours, TRL, ours,
 TRL, ...; every child trains `steps` RL steps and reports per-step wall times. Printed per side:
 median step time after warm-up, rollout and update tokens/s, peak RSS, precision, and the ratio
-ours/TRL; plus the FLOP floor of our step at this machine's measured matmul rate.
+ours/TRL; plus the FLOP floor of our step at this machine's measured matmul rate, and our step
+on 2 data-parallel ranks × 1 thread (torchrun, gloo) against 1 process × 2 threads.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def _prepare(workdir: Path) -> tuple[Path, Path]:
 
 
 # our loop under other settings, to show what one setting is worth (same model, batch, steps)
-OURS_VARIANTS = {"ours": [], "ours, train.forward=hf": ["train.forward=hf"]}
+DATA_PARALLEL = "ours, 2 ranks × 1 thread"
+OURS_VARIANTS = {"ours": [], "ours, train.forward=hf": ["train.forward=hf"], DATA_PARALLEL: ["train.threads=1"]}
+RANKS = {DATA_PARALLEL: 2}  # launched through torchrun: the same step on 2 gloo ranks
 
 
 def _ours(model: Path, data: Path, out: Path, precision: str, extra: list[str]) -> dict:
@@ -128,8 +131,9 @@ def child(side: str, model: str, data: str, out: str, precision: str) -> None:
         result = _ours(Path(model), Path(data), Path(out), precision, OURS_VARIANTS[side])
     else:
         result = _trl(Path(model), Path(data), Path(out), precision)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("BENCH_RESULT " + json.dumps(result), flush=True)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # per rank
+    if os.environ.get("RANK", "0") == "0":
+        print("BENCH_RESULT " + json.dumps(result), flush=True)
 
 
 def matmul_gflops(dtype_name: str, n: int = 1024, reps: int = 20) -> float:
@@ -147,6 +151,8 @@ def matmul_gflops(dtype_name: str, n: int = 1024, reps: int = 20) -> float:
 def _run_child(side, model, data, workdir, precision, i) -> dict:
     out = workdir / f"{side.replace(', ', '_')}_{precision}_{i}"
     cmd = [sys.executable, "-m", "rlvr.bench", "--child", side, str(model), str(data), str(out), precision]
+    if side in RANKS:
+        cmd[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS[side]}", "-m"]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     line = [x for x in done.stdout.splitlines() if x.startswith("BENCH_RESULT ")]
     if done.returncode or not line:
@@ -181,7 +187,7 @@ def main(repeats: int = REPEATS, out_md: str | None = "results/perf.md") -> str:
         results: dict[tuple[str, str], list[dict]] = {}
         for i in range(repeats):  # alternate the sides so machine noise hits both
             for side, precision in (("ours", "fp32"), ("trl", "fp32"), ("ours", "bf16"), ("trl", "bf16"),
-                                    ("ours, train.forward=hf", "fp32")):
+                                    ("ours, train.forward=hf", "fp32"), (DATA_PARALLEL, "fp32")):
                 print(f"[bench] round {i + 1}/{repeats}: {side} {precision}", flush=True)
                 results.setdefault((side, precision), []).append(_run_child(side, model, data, workdir, precision, i))
     summary = {k: summarize(v) for k, v in results.items()}
@@ -227,6 +233,18 @@ def main(repeats: int = REPEATS, out_md: str | None = "results/perf.md") -> str:
         if ("ours", a) in summary and ("trl", b) in summary:
             ratio = summary[("ours", a)]["step_s"] / summary[("trl", b)]["step_s"]
             lines.append(f"| ours {a} / TRL {b} | {ratio:.2f} |")
+    one, two = summary.get(("ours", "fp32")), summary.get((DATA_PARALLEL, "fp32"))
+    if one and two:
+        lines += ["", "| data parallel (fp32, same global batch) | ratio |", "|---|---|",
+                  f"| step time, {DATA_PARALLEL} / 1 process × {s['threads']} threads | {two['step_s'] / one['step_s']:.2f} |",
+                  f"| rollout time | {two['rollout_s'] / one['rollout_s']:.2f} |",
+                  f"| update time | {two['update_s'] / one['update_s']:.2f} |",
+                  "", "Peak RSS of the 2-rank row is one rank's; the run holds two."]
+    from rlvr.device import this_device
+
+    dev = this_device()
+    flags = ", ".join(dev.bf16_flags) or "no native-bf16 flags"
+    lines += ["", f"Machine: {dev.name} ({dev.torch_capability}; {flags}), {os.cpu_count()} cores."]
     lines += ["", f"Matmul rate ({s['threads']} threads, 1024²): fp32 {rate['fp32']:.0f} GFLOP/s, bf16 {rate['bf16']:.0f} GFLOP/s.", ""]
     for precision in ("fp32", "bf16"):
         r = summary.get(("ours", precision))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Section(BaseModel):
@@ -178,6 +178,37 @@ class EvalConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
+class CorrectionConfig(Section):
+    """Rollout/trainer mismatch correction (rlvr/update/correction.py), for every algorithm."""
+
+    tis: bool = Field(
+        False,
+        description="Token-level truncated importance sampling: scale each token's gradient by "
+        "min(π_old / π_rollout, tis_cap). Off on CPU (the engines agree to ~1e-6); on in "
+        "config/paper.yaml (bf16 vLLM vs the trainer).",
+    )
+    tis_cap: float = Field(2.0, gt=0, description="C, the truncation of the TIS weight (verl: 2).")
+    seq_mask: bool = Field(
+        False,
+        description="Drop completions whose geometric-mean ratio π_old / π_rollout leaves "
+        "seq_band (they leave the normaliser too).",
+    )
+    seq_band: tuple[float, float] = Field(
+        (0.5, 2.0), description="[low, high] of the geometric-mean ratio a completion may have."
+    )
+
+    @model_validator(mode="after")
+    def _band(self):
+        low, high = self.seq_band
+        if not 0 < low <= 1 <= high:
+            raise ValueError(f"correction.seq_band must satisfy 0 < low <= 1 <= high, got {self.seq_band}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.tis or self.seq_mask
+
+
 class CheckpointConfig(Section):
     every: int = Field(20, ge=0, description="Checkpoint every N steps (0 = only at the end).")
     keep: int = Field(2, ge=1, description="Newest resumable checkpoints kept on disk.")
@@ -219,6 +250,7 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     sft: SftConfig = SftConfig()
     eval: EvalConfig = EvalConfig()
+    correction: CorrectionConfig = CorrectionConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     collapse: CollapseConfig = CollapseConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -6,7 +6,6 @@ import os
 import algorithms
 from algorithms.grpo import GRPO
 
-
 CALLS = [0]  # advantages calls in this process: one per step
 
 

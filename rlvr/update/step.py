@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 import torch
 
 from rlvr.config import RunConfig
+from rlvr.ranks import any_rank, gather_objects, rank, world_size
 from rlvr.rollout.base import Rollouts
 from rlvr.stats import token_taxonomy
-from rlvr.ranks import any_rank, gather_objects, rank, world_size
+from rlvr.update.correction import Correction, mismatch_correction, scale_gradient
 
 COUNT_STATS = ("tokens", "kept", "dropped")  # policy_loss stats that are counts, not rates
 SCORE_STATS = ("entropy", "p_token", "collision")
@@ -150,16 +151,20 @@ class PolicyUpdate:
             )
 
     def __call__(self, batch: Batch, step: int) -> dict:
-        train = self.cfg.train
-        on_policy = train.mini_batches == 1 and train.epochs == 1
+        train, correcting = self.cfg.train, self.cfg.correction.enabled
+        # the mismatch correction needs π_old of every row before the first optimizer step
+        on_policy = train.mini_batches == 1 and train.epochs == 1 and not correcting
         before = None if on_policy else self.measure(batch)
+        fix = self.correction(batch, before) if correcting else None
         ref_logp = self.reference_logp(batch)
         tally, recorder = Tally(), OnPolicyScores() if on_policy else None
         for rows in self.mini_batches(batch, step):
-            self.mini_batch_step(batch, rows, tally, before, ref_logp, recorder)
+            self.mini_batch_step(batch, rows, tally, before, ref_logp, recorder, fix)
         if recorder is not None:
             before = recorder.in_row_order()
         metrics = tally.metrics(train.epochs)
+        if fix is not None:
+            metrics.update(fix.stats)
         metrics["actor/lr"] = self.policy.lr()
         if before is not None and "entropy" in before:
             metrics.update(self.batch_statistics(batch, before, step))
@@ -176,10 +181,22 @@ class PolicyUpdate:
                 if len(rows):
                     yield rows
 
-    def mini_batch_step(self, batch: Batch, mb, tally: Tally, before, ref_logp, recorder) -> None:
+    def correction(self, batch: Batch, before: dict) -> Correction:
+        """The rollout/trainer mismatch correction of the whole batch (rlvr/update/correction.py)."""
+        c = self.cfg.correction
+        return mismatch_correction(
+            before["logp"], batch.rollouts.sampling_logp, batch.rollouts.completion_mask,
+            c.tis_cap if c.tis else None, tuple(c.seq_band) if c.seq_mask else None,
+        )  # fmt: skip
+
+    def mini_batch_step(self, batch: Batch, mb, tally: Tally, before, ref_logp, recorder, fix=None) -> None:
         """One optimizer step on rows `mb`. Old log-probs come from `before` (the measurement
-        before the update), or from this forward when on-policy (`recorder` keeps them)."""
+        before the update), or from this forward when on-policy (`recorder` keeps them). `fix`,
+        the mismatch correction: its dropped completions leave the mask, its token weights scale
+        the gradient of the current log-probs."""
         r, mask = batch.rollouts, batch.rollouts.completion_mask
+        if fix is not None:
+            mask = mask * fix.keep[:, None].to(mask)
         extra = {}
         if self.algo.normalizer_logp:  # the mini-batch's log-probs before its update, no grad
             now = self.scored_rows(self.policy.module, r, mb, False)["logp"]
@@ -200,13 +217,16 @@ class PolicyUpdate:
                 recorder.add(micro, out)
             else:
                 old = before["logp"][micro]
+            logp = out["logp"]
+            if fix is not None and fix.weights is not None:
+                logp = scale_gradient(logp, fix.weights[micro].to(logp))
             keywords = {}  # what this algorithm's policy_loss accepts (algorithms/contract.py)
             if self.algo.loss_keywords.normalizer:
                 keywords["normalizer"] = rows_of(normalizer, mb, micro)
             if self.algo.loss_keywords.ref_logp:
                 keywords["ref_logp"] = None if ref_logp is None else ref_logp[micro]
             loss, stats = self.algo.policy_loss(
-                out["logp"], old, batch.adv[micro], mask[micro], batch.group_ids[micro], **keywords
+                logp, old, batch.adv[micro], mask[micro], batch.group_ids[micro], **keywords
             )
             # a non-finite loss poisons the whole mini-batch update: skip its backward
             # (the statistics of the remaining micro-batches are still measured)

@@ -1,0 +1,111 @@
+"""The rollout/trainer mismatch correction (rlvr/update/correction.py): hand-computed weights and
+masks, an exact straight-through gradient scale, and the loop applying it to an algorithm's
+update on a synthetic mismatch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import algorithms
+from rlvr.config import ConfigError, load_config
+from rlvr.models import build_tiny_model
+from rlvr.rollout import NativeRolloutEngine
+from rlvr.update import Batch, Policy, PolicyUpdate
+from rlvr.update.correction import mismatch_correction, scale_gradient
+
+L = math.log
+
+
+def test_weights_truncation_and_sequence_mask_by_hand():
+    # row 0: ratios π_old/π_rollout = 2, 1, 3 (and a padded slot); row 1: 0.1, 0.2; row 2: empty
+    old = torch.tensor([[L(0.5), L(0.2), L(0.9), 0.0], [L(0.01), L(0.02), 0.0, 0.0], [0.0] * 4])
+    rollout = torch.tensor([[L(0.25), L(0.2), L(0.3), 5.0], [L(0.1), L(0.1), 0.0, 0.0], [0.0] * 4])
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+    fix = mismatch_correction(old, rollout, mask, tis_cap=2.0, seq_band=(0.5, 2.0))
+    expected = torch.tensor([[2.0, 1, 2, 1], [0.1, 0.2, 1, 1], [1, 1, 1, 1]])
+    torch.testing.assert_close(fix.weights, expected, rtol=1e-6, atol=1e-6)
+    # geometric means: row 0 (2·1·3)^(1/3) = 1.817 kept; row 1 (0.1·0.2)^(1/2) = 0.141 masked;
+    # row 2 has no token: kept (it trains nothing either way)
+    assert fix.keep.tolist() == [True, False, True]
+    assert fix.stats["correction/seq_masked_frac"] == pytest.approx(1 / 3)
+    # 5 tokens: weights 2 + 1 + 2 + 0.1 + 0.2; one ratio (3) above the cap
+    assert fix.stats["correction/tis_weight_mean"] == pytest.approx(5.3 / 5, rel=1e-6)
+    assert fix.stats["correction/tis_truncated_frac"] == pytest.approx(1 / 5)
+    log_abs = (L(2) + 0 + L(3) + L(10) + L(5)) / 5
+    assert fix.stats["correction/log_ratio_abs_mean"] == pytest.approx(log_abs, rel=1e-6)
+
+
+def test_off_means_no_weights_and_every_row_kept():
+    old, rollout = torch.randn(3, 4), torch.randn(3, 4)
+    fix = mismatch_correction(old, rollout, torch.ones(3, 4), tis_cap=None, seq_band=None)
+    assert fix.weights is None and fix.keep.all()
+    assert set(fix.stats) == {"correction/log_ratio_abs_mean"}
+
+
+def test_scale_gradient_keeps_the_value_exactly_and_scales_the_gradient():
+    x = torch.randn(4, 5, requires_grad=True)
+    w = torch.rand(4, 5) * 3
+    y = scale_gradient(x, w)
+    assert torch.equal(y, x.detach())
+    (y * torch.arange(20.0).view(4, 5)).sum().backward()
+    torch.testing.assert_close(x.grad, w * torch.arange(20.0).view(4, 5))
+
+
+def test_a_bad_band_is_a_one_line_config_error():
+    with pytest.raises(ConfigError, match="seq_band"):
+        load_config(None, ["correction.seq_band=[1.5, 2.0]"])
+
+
+PROMPTS = [f"Q: {a}+{b}=" for a, b in ((1, 2), (13, 5), (40, 41), (7, 77))]
+
+
+def one_update(mismatch: torch.Tensor | None, *overrides: str, drop_groups=()) -> float:
+    """The metrics of one GRPO update of a tiny Qwen2 on a fixed batch whose engine
+    log-probs are shifted by `mismatch` [N] per row (log π_old − log π_rollout, every token)."""
+    cfg = load_config(None, ["rollout.max_new_tokens=10", "train.mini_batches=1", "train.micro_batch_size=4",
+                             "train.entropy_delta_every=0", *overrides])  # fmt: skip
+    algo = algorithms.get("grpo").bind(group_size=4, max_new_tokens=10, max_prompt_len=64)
+    model, tok = build_tiny_model("qwen2", seed=5)
+    policy = Policy(model, cfg)
+    roll = NativeRolloutEngine(policy.module, tok, cfg.rollout).generate(PROMPTS, 4, [0, 1, 2, 3])
+    gids = torch.arange(len(PROMPTS)).repeat_interleave(4)
+    rewards = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1])
+    keep = ~torch.isin(gids, torch.tensor(list(drop_groups), dtype=torch.long))
+    if mismatch is not None:
+        roll.sampling_logp = roll.sampling_logp - mismatch[:, None] * roll.completion_mask
+    if drop_groups and mismatch is None:  # the reference: a batch without those groups
+        from rlvr.rollout.base import select_rows
+
+        roll, gids, rewards = select_rows(roll, keep.nonzero().squeeze(-1)), gids[keep], rewards[keep]
+    batch = Batch(roll, gids, rewards)
+    batch.adv = algo.advantages(rewards, gids)
+    return PolicyUpdate(policy, algo, cfg)(batch, step=0)
+
+
+def test_the_loop_scales_every_token_gradient_by_its_truncated_weight():
+    plain_run = one_update(None)
+    plain = plain_run["actor/grad_norm"]
+    # every token's ratio is 3 (within the engines' ~1e-6): weight 3 without a cap, 2 with C = 2
+    three = torch.full((16,), L(3.0))
+    uncapped = one_update(three, "correction.tis=true", "correction.tis_cap=100")
+    capped = one_update(three, "correction.tis=true", "correction.tis_cap=2")
+    assert uncapped["actor/grad_norm"] == pytest.approx(3 * plain, rel=1e-4)
+    assert capped["actor/grad_norm"] == pytest.approx(2 * plain, rel=1e-4)
+    assert capped["correction/tis_weight_mean"] == pytest.approx(2.0, rel=1e-5)
+    assert capped["correction/tis_truncated_frac"] == pytest.approx(1.0)
+    # the loss value the algorithm computed is unchanged: only its gradient is weighted
+    assert capped["actor/loss"] == pytest.approx(plain_run["actor/loss"], abs=1e-6)
+
+
+def test_the_loop_drops_completions_outside_the_band_from_the_update():
+    # groups 1 and 3 (rows 4-7, 12-15) sampled by an engine 3x more confident than the trainer
+    shift = torch.zeros(16)
+    shift[4:8] = shift[12:16] = L(1 / 3)
+    masked = one_update(shift, "correction.seq_mask=true", "correction.seq_band=[0.5,2.0]")
+    assert masked["correction/seq_masked_frac"] == pytest.approx(0.5)
+    # the same update as on a batch that never held those groups (they leave the normaliser too)
+    alone = one_update(None, drop_groups=(1, 3))
+    assert masked["actor/grad_norm"] == pytest.approx(alone["actor/grad_norm"], rel=1e-5)
