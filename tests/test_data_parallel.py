@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,33 @@ def test_zero_1_and_2_on_two_ranks_step_as_zero_0_on_one_process(updates, stage)
     gap = torch.cat([(sharded["weights"][k] - zero0["weights"][k]).flatten() for k in base])
     assert gap.norm() / step.norm() < 1e-4, float(gap.norm() / step.norm())
     assert math.isclose(sharded["metrics"]["actor/grad_norm"], zero0["metrics"]["actor/grad_norm"], rel_tol=1e-5)
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_relaunch_resumes(sft_base, math_data, tmp_path):
+    """What Slurm's `--signal=TERM@180` does to a data-parallel job: torchrun passes SIGTERM
+    on to its ranks (and waits --shutdown-timeout for them); every rank stops after the same
+    step, the checkpoint there holds every rank's part, status.json says preempted, and the
+    relaunch ends byte-identical to an uninterrupted run."""
+    long_run = (*RUN, "train.steps=12", "train.lr=1e-4", "collapse.stop=false")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    run(train_cmd(2, sft_base, math_data, whole, *long_run))
+    cmd = train_cmd(2, sft_base, math_data, cut, *long_run)
+    cmd.insert(cmd.index("--standalone"), "--shutdown-timeout=120")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = cut / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # to torchrun only, as Slurm's signal reaches the launcher
+    out, err = proc.communicate(timeout=300)
+    status = json.loads((cut / "status.json").read_text())
+    assert status["state"] == "preempted", (status, err[-3000:])
+    stopped = status["step"]
+    assert 2 <= stopped < 12 and (cut / "checkpoints" / f"step_{stopped:06d}").is_dir()
+    assert len(metrics.read_text().splitlines()) == stopped  # rank 0 logged each step once
+    run(train_cmd(2, sft_base, math_data, cut, *long_run))
+    final = json.loads((cut / "status.json").read_text())
+    assert final == json.loads((whole / "status.json").read_text()) and final["step"] == 12
+    assert (whole / "metrics.jsonl").read_text() == metrics.read_text()
+    wa, wb = weights(whole / "final"), weights(cut / "final")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

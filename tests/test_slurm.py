@@ -67,7 +67,7 @@ def test_slurm_profile_runs_the_minimal_matrix(slurm):
     status = json.loads((ranks / "status.json").read_text())
     assert status["state"] == "completed" and status["world_size"] == 2, status
     assert len((ranks / "metrics.jsonl").read_text().splitlines()) == 3
-    assert "torchrun --standalone --nproc_per_node=2" in done.stdout + done.stderr
+    assert "--standalone --nproc_per_node=2 -m rlvr train" in done.stdout + done.stderr
     assert (ROOT / "runs/ci_slurm/math/qwen2/base/eval/math.json").exists()
     assert "grpo" in (ROOT / ".tmp/results_ci_slurm/leaderboard.md").read_text()
     # every rule went through sbatch: the plugin keeps one log per submitted job (rule_<name>/...)

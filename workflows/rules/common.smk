@@ -120,10 +120,13 @@ def train_launcher(w):
     processes, nodes = train_ranks(w)
     if processes * nodes == 1:
         return "rlvr train"
+    # on SIGTERM torchrun passes it to the ranks and waits this long before SIGKILL: the ranks'
+    # step in flight and checkpoint fit in the 180 s the profiles ask Slurm for (--signal=TERM@180)
+    grace = "--shutdown-timeout=170"
     if nodes == 1:
-        return f"torchrun --standalone --nproc_per_node={processes} -m rlvr train"
+        return f"torchrun {grace} --standalone --nproc_per_node={processes} -m rlvr train"
     return (
-        f"srun --nodes={nodes} --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc_per_node={processes} "
+        f"srun --nodes={nodes} --ntasks-per-node=1 torchrun {grace} --nnodes={nodes} --nproc_per_node={processes} "
         "--rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d "
         "--rdzv_endpoint=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1):29500 -m rlvr train"
     )
