@@ -37,16 +37,6 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def sum_floats(values: dict[str, float]) -> dict[str, float]:
-    """Sum each value over ranks (every rank passes the same keys)."""
-    if world_size() == 1 or not values:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return dict(zip(keys, t.tolist(), strict=True))
-
-
 def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` holds on some rank."""
     if world_size() == 1:

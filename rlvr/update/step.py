@@ -94,11 +94,7 @@ class OnPolicyScores:
 
     def in_row_order(self) -> dict[str, torch.Tensor] | None:
         """Every rank's rows, joined in row order."""
-        mine = None
-        if self.rows:
-            rows = torch.cat(self.rows)
-            order = rows.argsort()
-            mine = (rows[order], {k: torch.cat(v)[order] for k, v in self.parts.items()})
+        mine = (torch.cat(self.rows), {k: torch.cat(v) for k, v in self.parts.items()}) if self.rows else None
         parts = [p for p in gather_objects(mine) if p is not None]
         if not parts:
             return None
