@@ -20,7 +20,11 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    """This process's rank: the group's, else the launcher's RANK (before the group exists, or
+    after an in-process vLLM engine tore it down at its shutdown)."""
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:

@@ -391,4 +391,8 @@ def _progress(total: int, initial: int, enabled: bool):
 def train(cfg: RunConfig) -> dict:
     """One RL run. The process group stays up for later runs in this process; the CLI tears it
     down at exit (rlvr.update.distributed.shutdown_distributed)."""
-    return Trainer(cfg).run()
+    trainer = Trainer(cfg)
+    try:
+        return trainer.run()
+    finally:
+        trainer.engine.close()

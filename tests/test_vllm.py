@@ -69,3 +69,24 @@ def test_lora_pushes_the_merged_weights(sft_base, math_data, tmp_path):
     rows = vllm_run(sft_base, math_data, tmp_path, "model.lora.enabled=true", "model.lora.r=4")
     gaps = [r["rollout/logp_diff_max"] for r in rows]
     assert max(gaps) < GAP, gaps
+
+
+def test_two_ranks_each_drive_their_own_engine(sft_base, math_data, tmp_path):
+    """torchrun with 2 gloo ranks, each with its own in-process vLLM engine (vLLM's
+    external_launcher, as on a GPU node): every rank's engine gets every update."""
+    args = run_overrides(
+        sft_base, math_data, tmp_path, "rollout.engine=vllm", "rollout.vllm.dtype=float32",
+        "rollout.temperature=0.7", "rollout.prompts_per_step=8", "train.steps=3", "train.lr=1e-3",
+        "checkpoint.every=0", "train.threads=1",
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "rlvr", "train", *args]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
+    assert done.stdout.count("train: completed at step 3") == 1 and "Error" not in done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    gaps = [r["rollout/logp_diff_max"] for r in rows]
+    assert len(rows) == 3 and max(gaps) < GAP, gaps

@@ -34,6 +34,9 @@ class RolloutEngine(Protocol):
     def sync_weights(self) -> None:
         """Make the engine sample from the policy's current weights."""
 
+    def close(self) -> None:
+        """Release what the engine holds, while the process group still exists."""
+
 
 def row_uniforms(seeds: list[int], n: int, steps: int) -> torch.Tensor:
     """[len(seeds)·n, steps] uniforms in [0, 1): row j of prompt i from its own generator, seeded

@@ -19,6 +19,9 @@ class HFRolloutEngine:
     def sync_weights(self) -> None:  # samples from the live module
         pass
 
+    def close(self) -> None:  # holds nothing of its own
+        pass
+
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, seeds: list[int]) -> Rollouts:
         ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len, n)

@@ -82,6 +82,9 @@ class NativeRolloutEngine:
     def sync_weights(self) -> None:  # weights are read from the live module at every generate
         pass
 
+    def close(self) -> None:  # holds nothing of its own
+        pass
+
     def _forward(self, x, cos, signed_sin, layers, K, V, start: int, attn_bias) -> torch.Tensor:
         """One new token per row: run the decoder layers over x [N, h] at cache slot `start`.
 

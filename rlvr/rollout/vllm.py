@@ -94,6 +94,11 @@ class VLLMRolloutEngine:
         )
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
 
+    def close(self) -> None:
+        """Shut the engine core down now: left to vLLM's finalizer at exit, it destroys its
+        subgroups after the trainer has destroyed the process group they belong to."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def sleep(self) -> None:
         if self.sleeps and not self.asleep:
             self.llm.sleep(level=1)
