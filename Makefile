@@ -16,6 +16,9 @@ VERL_REF_DEPS := ray==2.60.0 tensordict==0.15.3 omegaconf==2.4.0 orjson==3.13.0 
 VLLM_VENV  := .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+# every package's exact version, from one fresh resolve: `make lock` rewrites it, and every
+# install here is constrained by it, so two fresh machines run the same packages
+LOCK   := constraints.lock
 CORES  ?= $(shell nproc)
 CONFIG ?= config/default.yaml
 
@@ -25,21 +28,34 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup run test test-vllm lint bench clean
+.PHONY: setup run test test-vllm lint bench lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$$(cat constraints.txt | grep '^torch==')"
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 $(VERL_STAMP): $(STAMP)
-	$(PY) -m pip install -q -c constraints.txt --no-deps $(VERL_REF)
-	$(PY) -m pip install -q -c constraints.txt $(VERL_REF_DEPS)
+	$(PY) -m pip install -q -c constraints.txt -c $(LOCK) --no-deps $(VERL_REF)
+	$(PY) -m pip install -q -c constraints.txt -c $(LOCK) $(VERL_REF_DEPS)
 	touch $(VERL_STAMP)
+
+# re-resolve every dependency (dev, bench, the verl reference) in a throwaway venv and pin it
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q "$$(grep '^torch==' constraints.txt)"
+	.venv-lock/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
+	.venv-lock/bin/python -m pip install -q -c constraints.txt --no-deps $(VERL_REF)
+	.venv-lock/bin/python -m pip install -q -c constraints.txt $(VERL_REF_DEPS)
+	{ echo "# Written by \`make lock\` on $$(date -u +%F) with $$(.venv-lock/bin/python --version); do not edit."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
+	rm -rf .venv-lock
 
 $(VLLM_STAMP): pyproject.toml constraints-vllm.txt
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
@@ -61,7 +77,7 @@ test: setup $(VERL_STAMP)
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
+	$(PY) -m pip install -q -c constraints.txt -c $(LOCK) -e '.[dev,bench]'
 	$(VENV)/bin/rlvr bench
 
 lint: setup
