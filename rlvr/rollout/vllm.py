@@ -22,7 +22,7 @@ import os
 import torch
 
 from rlvr.config import RolloutConfig
-from rlvr.device import vllm_platform
+from rlvr.device import size_vllm_cpu_kv_cache, vllm_platform
 from rlvr.rollout.base import Rollouts
 
 
@@ -40,8 +40,7 @@ class VLLMRolloutEngine:
         self.tok, self.cfg, self.policy = tok, cfg, policy
         # sleep mode where the platform has it (CUDA, ROCm), not guessed from a failure
         self.sleeps = cfg.vllm.sleep_mode and current_platform.is_sleep_mode_available()
-        if platform == "cpu":  # the CPU KV cache, GiB (vLLM's default of 4 is sized for servers)
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.vllm.cpu_kv_cache_gb))
+        size_vllm_cpu_kv_cache(cfg.vllm.cpu_kv_cache_gb)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.llm = LLM(
             model=model.name_or_path,
