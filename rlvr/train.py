@@ -280,12 +280,16 @@ class Trainer:
         else:
             self.write_status("completed", self.step, None, steps_run=self.step)
         log.close()
-        return gather_objects(read_status(self.run_dir) if main else None)[0]  # rank 0's, everywhere
+        return self.final_status()
 
     def write_status(self, state: str, step: int, reason: str | None = None, **extra) -> None:
         """status.json, by rank 0 (a failing rank writes its own reason: see `run`)."""
         if is_main():
             write_status(self.run_dir, state, step, reason, world_size=world_size(), **extra)
+
+    def final_status(self) -> dict:
+        """The status rank 0 wrote, on every rank (the gather also waits for the write)."""
+        return gather_objects(read_status(self.run_dir) if is_main() else None)[0]
 
     def train_step(self) -> tuple[Batch | None, dict]:
         """collect → advantages → update → push the weights to the engine; the step's metrics."""
@@ -339,7 +343,7 @@ class Trainer:
         reason = f"{signal_name} received; checkpoint at step {self.step}, relaunch to resume"
         self.write_status("preempted", self.step, reason)
         log.close()
-        return gather_objects(read_status(self.run_dir) if is_main() else None)[0]
+        return self.final_status()
 
     def export_hf(self, dest: Path) -> None:
         """The current policy as a standard HF checkpoint (LoRA merged into a copy), atomically;
