@@ -1,9 +1,14 @@
 """Shared fixtures: offline environment, a generated math suite, and one SFT-warm-started tiny base."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 # Tests never reach a hub and never start a distributed group the eval code could inherit.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -57,3 +62,16 @@ def run_overrides(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
         "logging.progress=false",
         *extra,
     ]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child `rlvr train`: no rendezvous of its own (pytest may
+    run inside one), the tests' modules importable, one OpenMP thread per process."""
+    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
+    env.update(PYTHONPATH=f"{ROOT}{os.pathsep}{TESTS}", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def torchrun(n: int, *args: str) -> list[str]:
+    """`torchrun --standalone --nproc_per_node=n ARGS` with this interpreter."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *args]

