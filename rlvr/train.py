@@ -186,6 +186,9 @@ class Trainer:
             **group_stats(rewards, gids),
             **length_stats(torch.cat(lengths), torch.cat(truncated)),
             "rollout/gen_rounds": rounds,
+            # every completion sampled this step, refill rounds included: the rollout compute C
+            # of the scaling-curve fits (rlvr/curves.py)
+            "rollout/generated_tokens": int(torch.cat(lengths).sum()),
             "actor/kept_frac": n_kept_groups * G / len(rewards),
         }
         if not kept:
@@ -230,6 +233,8 @@ class Trainer:
         ):
             print(f"{self.run_dir} is already {status['state']}; nothing to do")
             return status
+        # wall_s in status.json: this run's seconds over all its launches (a resumed run adds on)
+        self.wall_clock = (time.monotonic(), float((status or {}).get("wall_s") or 0.0))
         if main:
             save_resolved_config(self.run_dir, cfg)
             atomic_write_json(self.run_dir / "provenance.json", provenance(self.precision))
@@ -285,7 +290,9 @@ class Trainer:
     def write_status(self, state: str, step: int, reason: str | None = None, **extra) -> None:
         """status.json, by rank 0 (a failing rank writes its own reason: see `run`)."""
         if is_main():
-            write_status(self.run_dir, state, step, reason, world_size=world_size(), **extra)
+            started, before = self.wall_clock
+            wall_s = round(before + time.monotonic() - started, 1)
+            write_status(self.run_dir, state, step, reason, world_size=world_size(), wall_s=wall_s, **extra)
 
     def final_status(self) -> dict:
         """The status rank 0 wrote, on every rank (the gather also waits for the write)."""
@@ -302,16 +309,12 @@ class Trainer:
             self.engine.sync_weights()
         t2 = time.perf_counter()
         self.step += 1
-        rollout = self.cfg.rollout
-        tokens = metrics["rollout/length_mean"] * rollout.prompts_per_step * rollout.group_size
         metrics.update(
             {
                 "perf/step_s": t2 - t0,
                 "perf/rollout_s": t1 - t0,
                 "perf/update_s": t2 - t1,
-                "perf/rollout_tokens_per_s": tokens
-                * metrics["rollout/gen_rounds"]
-                / max(t1 - t0, 1e-9),
+                "perf/rollout_tokens_per_s": metrics["rollout/generated_tokens"] / max(t1 - t0, 1e-9),
             }
         )
         return batch, metrics

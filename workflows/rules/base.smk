@@ -9,7 +9,7 @@ rule base:
     params:
         args=lambda w: cli_args(
             stage_overrides(w.suite, w.model)
-            + [f"model.family={MODELS[w.model]['family']}", f"output_dir=runs/{EXP}/{w.suite}/{w.model}/base", "seed=0"]
+            + [f"model.family={MODELS[w.model]['family']}", f"output_dir=runs/{EXP}/{w.suite}/{w.model}/base", f"seed={MODELS[w.model].get('base_seed', 0)}"]
         ),
     threads: 1
     log:
