@@ -1,17 +1,16 @@
 """Aggregate one experiment's runs into results/: leaderboard, stability table, training curves.
 
-Reads (see DESIGN.md)
-    runs/<experiment>/<suite>/<family>/<algorithm>/seed<N>/   config.yaml, metrics.jsonl,
-                                                              status.json, eval/<eval_suite>.json
-    runs/<experiment>/<suite>/<family>/base/                  sft.json, eval/<eval_suite>.json
-and writes, each file atomically,
-    leaderboard.md / .csv   eval metrics per suite: algorithms (base first) × family × metric,
-                            mean ± sample std over seeds; best non-base mean per column in bold
-    stability.md / .csv     collapse rate and reasons, entropy final/initial, max grad norm,
-                            reward peak/final, steps to collapse, token-taxonomy fractions
-    figures/<suite>_{entropy,reward,grad_norm}.png
-                            one subplot per family, one line per algorithm (mean over seeds,
-                            band = min–max over seeds, × = a run's collapse step)
+Reads the runs tree (rlvr/runs.py) and writes, each file atomically,
+    leaderboard.md / .csv   eval metrics per suite: algorithms (base first) × model × metric, the
+                            mean with its 95% stratified-bootstrap interval and n (rlvr/intervals.py);
+                            bold only for a lead the intervals support; an "all tasks" table (mean,
+                            IQM, probability of improvement over the baseline algorithm)
+    stability.md / .csv     collapse rate (Wilson interval) and reasons, entropy final/initial, max
+                            grad norm, reward peak/final with intervals, steps to collapse, the
+                            token-taxonomy fractions
+    figures/<suite>_{entropy,reward,grad_norm}.png, figures/performance_profile.png
+    stress.md / .csv, figures/stress_*.png    with --sweep (rlvr/stress.py)
+    scaling.md / .csv, figures/<suite>_scaling.png   where runs hold learning curves (rlvr/curves.py)
 
 Runs whose status is `running` or missing are *incomplete*; `failed` runs are listed with their
 reason. Both are excluded from every mean; collapsed runs are included (they are an outcome).
@@ -19,29 +18,44 @@ reason. Both are excluded from every mean; collapsed runs are included (they are
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
 import subprocess
-from dataclasses import dataclass, field
+from collections import Counter
 from datetime import datetime, timezone
-from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from rlvr import curves, stress
+from rlvr.intervals import (
+    REPS,
+    Estimate,
+    estimate,
+    improvement,
+    performance_profile,
+    supported_best,
+    wilson,
+)
 from rlvr.io import atomic_write_bytes, atomic_write_text
+from rlvr.plots import PALETTE, colors_for, new_figure, png_bytes
+from rlvr.runs import (
+    BASE_LABEL,
+    EDGE,
+    FINISHED,
+    Run,
+    discover_runs,
+    eval_scores,
+    experiment_dir,
+    is_number,
+    read_json,
+    read_yaml,
+    series,
+)
 
-BASE = "base"
-BASE_LABEL = "base (before RL)"
 CHANCE_LABEL = "chance level"
-FINISHED = ("completed", "collapsed")
-EDGE = 3  # steps averaged for the "initial" and "final" values
-SEED_DIR = re.compile(r"seed(\d+)")
 CURVES = {  # figure name -> (metrics key, axis label)
     "entropy": ("actor/entropy", "token entropy"),
     "reward": ("rollout/reward_mean", "mean reward"),
@@ -51,137 +65,23 @@ BINS = ("pos_peak", "pos_valley", "neg_peak", "neg_valley")
 TAXONOMY = [f"{b}_frac" for b in BINS] + [f"{b}_grad_mass" for b in BINS]
 PER_RUN = ["steps_to_collapse", "entropy_ratio", "grad_norm_max", "reward_peak", "reward_final"]
 STABILITY_COLUMNS = [
-    "suite", "family", "algorithm", "runs", "collapsed", "collapse_rate", "collapse_reasons",
-    "failed", "incomplete", *PER_RUN, *TAXONOMY,
+    "suite", "family", "algorithm", "runs", "collapsed", "collapse_rate", "collapse_rate_low",
+    "collapse_rate_high", "collapse_reasons", "failed", "incomplete",
+    *(f"{k}{end}" for k in PER_RUN for end in ("", "_low", "_high", "_n")), *TAXONOMY,
 ]
-LEADERBOARD_COLUMNS = ["suite", "eval_suite", "family", "algorithm", "metric", "mean", "std", "n"]
-
-
-# ---------------------------------------------------------------- reading the runs tree
-
-
-@dataclass
-class Run:
-    """One run directory (or a family's base model, seed None) and what it holds."""
-
-    suite: str
-    family: str
-    algorithm: str
-    seed: int | None
-    path: Path
-    status: dict | None = field(default=None, repr=False)
-    evals: dict[str, dict] = field(default_factory=dict, repr=False)
-
-    @property
-    def is_base(self) -> bool:
-        return self.seed is None
-
-    @property
-    def label(self) -> str:
-        return BASE_LABEL if self.is_base else self.algorithm
-
-    @property
-    def state(self) -> str:
-        """completed | collapsed | failed | incomplete (running, missing or unreadable status)."""
-        if self.is_base:
-            return "base"
-        state = (self.status or {}).get("state")
-        return state if state in (*FINISHED, "failed") else "incomplete"
-
-    @property
-    def name(self) -> str:
-        return "/".join([self.suite, self.family, self.algorithm] + ([] if self.is_base else [f"seed{self.seed}"]))
-
-    @cached_property
-    def metrics(self) -> pd.DataFrame:
-        return read_metrics(self.path / "metrics.jsonl")
-
-
-def _read_json(path: Path) -> dict | None:
-    """A JSON object, or None when the file is missing, half-written or not an object."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_metrics(path: Path) -> pd.DataFrame:
-    """metrics.jsonl as a frame sorted by step; lines a killed job cut short are skipped."""
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and "step" in row:
-                rows.append(row)
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return pd.DataFrame({"step": pd.Series(dtype=float)})
-    return frame.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
-
-
-def _load_run(root: Path, path: Path, seed: int | None) -> Run:
-    suite, family, algorithm = path.relative_to(root).parts[:3]
-    evals = {f.stem: d for f in sorted((path / "eval").glob("*.json")) if (d := _read_json(f))}
-    return Run(suite, family, algorithm, seed, path, _read_json(path / "status.json"), evals)
-
-
-def _visible(path: Path, root: Path) -> bool:
-    return path.is_dir() and not any(p.startswith(".") for p in path.relative_to(root).parts)
-
-
-def discover_runs(root: Path) -> list[Run]:
-    """Every seed directory and base model under an experiment directory, in a stable order."""
-    runs = []
-    for path in sorted(root.glob("*/*/*/seed*")):
-        match = SEED_DIR.fullmatch(path.name)
-        if match and path.parent.name != BASE and _visible(path, root):
-            runs.append(_load_run(root, path, int(match.group(1))))
-    runs += [_load_run(root, p, None) for p in sorted(root.glob(f"*/*/{BASE}")) if _visible(p, root)]
-    return sorted(runs, key=lambda r: (r.suite, r.family, not r.is_base, r.algorithm, r.seed or 0))
-
-
-def _is_experiment(path: Path) -> bool:
-    return any(path.glob("*/*/*/seed*")) or any(path.glob(f"*/*/{BASE}"))
-
-
-def experiment_dir(runs_root: Path, experiment: str | None) -> Path:
-    """runs_root/experiment; or runs_root itself when it is an experiment; or its only experiment."""
-    if experiment is not None:
-        return runs_root / experiment
-    if not runs_root.is_dir() or _is_experiment(runs_root):
-        return runs_root
-    found = sorted(p for p in runs_root.iterdir() if p.is_dir() and _is_experiment(p))
-    if len(found) > 1:
-        names = ", ".join(p.name for p in found)
-        raise ValueError(f"{runs_root} holds several experiments ({names}); pass experiment=NAME")
-    return found[0] if found else runs_root
+KEYS = ["suite", "eval_suite", "family", "algorithm", "metric"]
+LEADERBOARD_COLUMNS = [*KEYS, "mean", "ci_low", "ci_high", "std", "iqm", "iqm_low", "iqm_high", "n"]
+MIN_RUNS_FOR_BOLD = 3  # below it a full separation happens by chance too often (1 in 6 at 2 vs 2)
+PRIMARY_METRIC = "pass@1"
+VERSION_KEYS = ("torch", "transformers", "deepspeed", "vllm", "lm-eval", "peft", "math-verify")
 
 
 # ---------------------------------------------------------------- leaderboard
 
 
-def eval_scores(data: dict) -> dict[str, float]:
-    """The numeric entries of an eval JSON's `metrics` (e.g. pass@1, avg@4, pass@4, em, f1)."""
-    out = {}
-    for key, value in (data.get("metrics") or {}).items():
-        if isinstance(value, dict):  # tolerate {"value": x, "stderr": y}
-            value = value.get("value", value.get("mean"))
-        if key != "chance" and "stderr" not in key and _is_number(value):
-            out[key] = float(value)
-    return out
-
-
 def chance_of(data: dict) -> float | None:
     value = data.get("chance", (data.get("metrics") or {}).get("chance"))
-    return float(value) if _is_number(value) else None
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if is_number(value) else None
 
 
 def _metric_order(metric: str) -> tuple:
@@ -195,34 +95,42 @@ def _algorithm_order(label: str) -> tuple:
     return ({BASE_LABEL: 0, CHANCE_LABEL: 1}.get(label, 2), label)
 
 
-def leaderboard_frame(runs: list[Run]) -> pd.DataFrame:
-    """Tidy table: one row per suite × eval suite × family × algorithm × metric."""
-    used = [r for r in runs if r.is_base or r.state in FINISHED]
+def score_frame(runs: list[Run]) -> pd.DataFrame:
+    """One row per run × eval suite × metric: the per-seed values every estimate is made from."""
     rows = [
-        {"suite": r.suite, "eval_suite": es, "family": r.family, "algorithm": r.label, "metric": m, "value": v}
-        for r in used for es, data in r.evals.items() for m, v in eval_scores(data).items()
+        {"suite": r.suite, "eval_suite": es, "family": r.family, "algorithm": r.label, "metric": m,
+         "seed": -1 if r.is_base else r.seed, "value": v}
+        for r in runs if r.is_base or r.state in FINISHED
+        for es, data in r.evals.items() for m, v in eval_scores(data).items()
     ]
-    scores = pd.DataFrame(rows, columns=[*LEADERBOARD_COLUMNS[:5], "value"])
-    keys = LEADERBOARD_COLUMNS[:5]
-    table = scores.groupby(keys, sort=False)["value"].agg(mean="mean", std="std", n="count").reset_index()
-    return pd.concat([table, _chance_rows(used)], ignore_index=True) if len(table) else table
+    return pd.DataFrame(rows, columns=[*KEYS, "seed", "value"])
+
+
+def leaderboard_frame(runs: list[Run], scores: pd.DataFrame, reps: int = REPS) -> pd.DataFrame:
+    """Tidy table: one row per suite × eval suite × model × algorithm × metric, with intervals."""
+    rows = []
+    for key, group in scores.groupby(KEYS, sort=False):
+        values = group["value"].to_numpy()
+        mean, iqm = estimate(values, reps=reps), estimate(values, "iqm", reps=reps)
+        rows.append({**dict(zip(KEYS, key, strict=True)), "mean": mean.point, "ci_low": mean.low,
+                     "ci_high": mean.high, "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                     "iqm": iqm.point, "iqm_low": iqm.low, "iqm_high": iqm.high, "n": len(values)})
+    table, chance = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS), _chance_rows(runs)
+    return pd.concat([table, chance], ignore_index=True) if len(table) and len(chance) else table
 
 
 def _chance_rows(runs: list[Run]) -> pd.DataFrame:
     rows = [
         {"suite": r.suite, "eval_suite": es, "family": r.family, "value": c}
-        for r in runs for es, data in r.evals.items() if (c := chance_of(data)) is not None
+        for r in runs if r.is_base or r.state in FINISHED
+        for es, data in r.evals.items() if (c := chance_of(data)) is not None
     ]
     if not rows:
         return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
     frame = pd.DataFrame(rows).groupby(["suite", "eval_suite", "family"], sort=False)["value"]
     out = frame.agg(mean="mean", n="count").reset_index()
-    return out.assign(algorithm=CHANCE_LABEL, metric="chance", std=math.nan)[LEADERBOARD_COLUMNS]
-
-
-def _cell(mean: float, std: float, n: int) -> str:
-    spread = "" if pd.isna(std) else f" ± {std:.3f}"
-    return f"{mean:.3f}{spread} (n={n})"
+    return out.assign(algorithm=CHANCE_LABEL, metric="chance")[["suite", "eval_suite", "family", "algorithm",
+                                                                "metric", "mean", "n"]]
 
 
 def _single_attempt(metric: str) -> bool:
@@ -230,48 +138,160 @@ def _single_attempt(metric: str) -> bool:
     return metric in ("pass@1", "em") or metric.startswith("avg@")
 
 
-def leaderboard_table(board: pd.DataFrame, suite_runs: list[Run], eval_suite: str) -> str:
-    """One markdown table: rows = algorithms, columns = family × metric, best in bold."""
+def duplicate_metrics(part: pd.DataFrame) -> dict[str, str]:
+    """{metric: the earlier metric it equals in every run} (e.g. QA's em = pass@1)."""
+    wide = part.pivot_table(index=["family", "algorithm", "seed"], columns="metric", values="value")
+    same: dict[str, str] = {}
+    ordered = sorted(wide.columns, key=_metric_order)
+    for i, metric in enumerate(ordered):
+        for earlier in ordered[:i]:
+            if earlier not in same and np.allclose(wide[metric], wide[earlier], atol=1e-9, equal_nan=True):
+                same[metric] = earlier
+                break
+    return same
+
+
+def primary_metrics(metrics: list[str], duplicates: dict[str, str]) -> list[str]:
+    """The columns of leaderboard.md: pass@1, the largest pass@k and f1, less duplicates; the
+    rest (avg@k, em, ...) are in leaderboard.csv."""
+    kept = [m for m in metrics if m not in duplicates]
+    pass_k = [m for m in kept if m.startswith("pass@") and m != PRIMARY_METRIC]
+    chosen = [m for m in kept if m == PRIMARY_METRIC] + pass_k[-1:] + [m for m in kept if m == "f1"]
+    return sorted(chosen or kept, key=_metric_order)
+
+
+def _estimate_of(row: pd.Series) -> Estimate:
+    return Estimate(row["mean"], row["ci_low"], row["ci_high"], int(row["n"]))
+
+
+def leaderboard_table(board: pd.DataFrame, scores: pd.DataFrame, suite_runs: list[Run], eval_suite: str,
+                      reps: int) -> tuple[str, list[str]]:
+    """One markdown table (rows = algorithms, columns = model × primary metric), and the notes on
+    the columns it leaves to the CSV."""
     part = board[board.eval_suite == eval_suite]
+    runs_part = scores[scores.eval_suite == eval_suite]
     families = sorted({r.family for r in suite_runs})
     metrics = sorted(set(part.metric) - {"chance"}, key=_metric_order)
+    duplicates = duplicate_metrics(runs_part) if len(runs_part) else {}
+    shown = primary_metrics(metrics, duplicates)
     labels = sorted({r.label for r in suite_runs} | set(part.algorithm), key=_algorithm_order)
-    header = ["algorithm"] + [f"{f} {m}" for f in families for m in metrics]
+    bold = {(f, m): supported_best(_rivals(runs_part, f, m), min_runs=MIN_RUNS_FOR_BOLD, reps=reps)
+            for f in families for m in shown}
+    header = ["algorithm"] + [f"{f} {m}" for f in families for m in shown]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label in labels:
-        cells = [_leaderboard_cell(part, label, f, m) for f in families for m in metrics]
+        cells = [_leaderboard_cell(part, label, f, m, bold[f, m] == label) for f in families for m in shown]
         lines.append("| " + " | ".join([label, *cells]) + " |")
-    return "\n".join(lines)
+    notes = [f"`{m}` equals `{e}` in every run" for m, e in duplicates.items()]
+    rest = [m for m in metrics if m not in shown and m not in duplicates]
+    if rest or notes:
+        notes.append("in leaderboard.csv: " + ", ".join(f"`{m}`" for m in rest + list(duplicates)))
+    return "\n".join(lines), notes
 
 
-def _leaderboard_cell(part: pd.DataFrame, label: str, family: str, metric: str) -> str:
+def _rivals(runs_part: pd.DataFrame, family: str, metric: str) -> dict[str, np.ndarray]:
+    col = runs_part[(runs_part.family == family) & (runs_part.metric == metric) & (runs_part.algorithm != BASE_LABEL)]
+    return {a: g["value"].to_numpy() for a, g in col.groupby("algorithm")}
+
+
+def _leaderboard_cell(part: pd.DataFrame, label: str, family: str, metric: str, bold: bool) -> str:
     fam = part[part.family == family]
     if label == CHANCE_LABEL:
         chance = fam[fam.algorithm == CHANCE_LABEL]
         return f"{chance['mean'].iloc[0]:.3f}" if len(chance) and _single_attempt(metric) else ""
-    col = fam[fam.metric == metric]
-    row = col[col.algorithm == label]
+    row = fam[(fam.metric == metric) & (fam.algorithm == label)]
     if row.empty:
         return "—"
-    mean, std, n = row.iloc[0][["mean", "std", "n"]]
-    text = _cell(mean, std, int(n))
-    rivals = col[~col.algorithm.isin([BASE_LABEL, CHANCE_LABEL])]["mean"]
-    best = label != BASE_LABEL and len(rivals) and mean == rivals.max()
-    return f"**{text}**" if best else text
+    text = _estimate_of(row.iloc[0]).text()
+    return f"**{text}**" if bold else text
 
 
 def _sft_notes(suite_runs: list[Run]) -> str:
     notes = []
     for r in suite_runs:
-        sft = _read_json(r.path / "sft.json") if r.is_base else None
-        if sft and _is_number(sft.get("reached_accuracy")):
+        sft = read_json(r.path / "sft.json") if r.is_base else None
+        if sft and is_number(sft.get("reached_accuracy")):
             target = sft.get("target_accuracy")
             notes.append(f"- base `{r.family}`: SFT warm start reached sampled accuracy "
                          f"{sft['reached_accuracy']:.3f} (target {target}) in {sft.get('steps', '?')} steps")
     return "\n".join(notes)
 
 
-def leaderboard_markdown(runs: list[Run], board: pd.DataFrame, header: str) -> str:
+# ---------------------------------------------------------------- over all tasks
+
+
+def baseline_of(label: str, runs: list[Run], baseline: str, sweep: str | None) -> str | None:
+    """The label `label` is compared with: the baseline algorithm's, at the same swept setting."""
+    info = {r.label: r for r in runs if not r.is_base}
+    mine = info.get(label)
+    if mine is None:
+        return None
+    matches = [
+        other for other, r in info.items()
+        if r.algorithm_name == baseline and (sweep is None or r.setting(sweep) == mine.setting(sweep))
+    ]
+    return matches[0] if len(matches) == 1 else None
+
+
+def task_matrices(scores: pd.DataFrame, metric: str = PRIMARY_METRIC) -> tuple[dict[str, np.ndarray], list[str]]:
+    """{label: runs × tasks} of `metric` on each suite's own eval suite, tasks = suite × model,
+    over the seeds every task of that label holds; the task names."""
+    own = scores[(scores.eval_suite == scores.suite) & (scores.metric == metric) & (scores.algorithm != BASE_LABEL)]
+    tasks = sorted({f"{s}/{f}" for s, f in zip(own.suite, own.family, strict=True)})
+    out = {}
+    for label, group in own.groupby("algorithm"):
+        wide = group.assign(task=group.suite + "/" + group.family).pivot_table(index="seed", columns="task", values="value")
+        if list(wide.columns) == tasks:
+            complete = wide.dropna()
+            if len(complete):
+                out[label] = complete.to_numpy()
+    return out, tasks
+
+
+def overall_table(runs: list[Run], scores: pd.DataFrame, baseline: str, sweep: str | None, reps: int) -> str:
+    matrices, tasks = task_matrices(scores)
+    if not matrices or len(tasks) < 2:
+        return ""
+    lines = [
+        f"## All tasks — {PRIMARY_METRIC} over {len(tasks)} tasks ({', '.join(tasks)})",
+        f"Mean and IQM over runs × tasks, tasks resampled too; P(> {baseline}) = probability that a run "
+        f"of the row beats a run of `{baseline}`{' at the same ' + sweep if sweep else ''} on a task "
+        "(0.5 = no difference), averaged over tasks. Only seeds present in every task count.",
+        "",
+        f"| algorithm | mean | IQM | P(> {baseline}) | runs × tasks |",
+        "|---|---|---|---|---|",
+    ]
+    for label in sorted(matrices, key=_algorithm_order):
+        m = matrices[label]
+        ref = baseline_of(label, runs, baseline, sweep)
+        versus = "—" if ref is None or ref == label or ref not in matrices else improvement(m, matrices[ref], reps=reps).text()
+        lines.append(f"| {label} | {estimate(m, reps=reps).text()} | {estimate(m, 'iqm', reps=reps).text()} | "
+                     f"{versus} | {m.shape[0]} × {m.shape[1]} |")
+    return "\n".join(lines)
+
+
+def profile_figure(scores: pd.DataFrame, reps: int) -> bytes | None:
+    """Performance profile of pass@1 over all tasks: the fraction of runs scoring above τ."""
+    matrices, tasks = task_matrices(scores)
+    if not matrices:
+        return None
+    taus = np.linspace(0.0, 1.0, 41)
+    profiles, bands = performance_profile(matrices, taus, reps=reps)
+    fig = new_figure(6.4, 4.2)
+    ax = fig.subplots()
+    for i, label in enumerate(sorted(matrices)):
+        color = PALETTE[i % len(PALETTE)]
+        ax.plot(taus, profiles[label], color=color, label=label, linewidth=1.5)
+        ax.fill_between(taus, bands[label][0], bands[label][1], color=color, alpha=0.15, linewidth=0)
+    ax.set(xlabel=f"{PRIMARY_METRIC} τ", ylabel="fraction of runs with score > τ", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncols=2 if len(matrices) > 6 else 1)
+    ax.set_title(f"Performance profile over {len(tasks)} tasks (band: 95% stratified bootstrap)", fontsize=10)
+    return png_bytes(fig)
+
+
+def leaderboard_markdown(runs: list[Run], board: pd.DataFrame, scores: pd.DataFrame, header: str, *,
+                         baseline: str, sweep: str | None, reps: int) -> str:
     parts = [header, _legend_leaderboard()]
     for suite in sorted({r.suite for r in runs}):
         suite_runs = [r for r in runs if r.suite == suite]
@@ -279,19 +299,23 @@ def leaderboard_markdown(runs: list[Run], board: pd.DataFrame, header: str) -> s
         eval_suites = sorted(set(part.eval_suite), key=lambda s: (s != suite, s)) or [suite]
         for es in eval_suites:
             title = f"## {suite}" + ("" if es == suite else f" — evaluated on {es}")
-            parts += [title, leaderboard_table(part, suite_runs, es)]
+            table, notes = leaderboard_table(part, scores[scores.suite == suite], suite_runs, es, reps)
+            parts += [title, table] + ([("Columns: " + "; ".join(notes) + ".")] if notes else [])
         parts.append(_sft_notes(suite_runs))
+    parts.append(overall_table(runs, scores, baseline, sweep, reps))
     parts.append(_excluded_notes(runs))
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
 def _legend_leaderboard() -> str:
     return (
-        "Cells: mean ± sample std over seeds (n = runs with an eval file; — = none). "
-        "The best mean per column among the RL algorithms is in **bold** (the base row is "
-        "excluded). Collapsed runs count with their final checkpoint. "
-        f"`{CHANCE_LABEL}`: the expected score of a uniform guess among the candidate answers, "
-        "shown under single-attempt metrics."
+        "Cells: mean over seeds [95% stratified-bootstrap interval] n = runs with an eval file "
+        "(rliable; no interval at n = 1; — = none). **Bold**: the highest mean of a column among "
+        f"the RL algorithms, only when both it and the runner-up have ≥ {MIN_RUNS_FOR_BOLD} runs and "
+        "the 95% interval of P(best > runner-up) lies above 0.5; a tie or a lead inside the noise "
+        "is not bold. The base row is one checkpoint, evaluated once. Collapsed runs count with "
+        f"their final checkpoint. `{CHANCE_LABEL}`: the expected score of a uniform guess among the "
+        "candidate answers, shown under single-attempt metrics. Std and IQM of every cell: leaderboard.csv."
     )
 
 
@@ -315,12 +339,6 @@ def _state_text(run: Run) -> str:
 # ---------------------------------------------------------------- stability
 
 
-def _series(frame: pd.DataFrame, key: str) -> pd.Series:
-    if key not in frame:
-        return pd.Series(dtype=float)
-    return pd.to_numeric(frame[key], errors="coerce").dropna()
-
-
 def _edge_ratio(values: pd.Series) -> float:
     """Mean of the last EDGE values over the mean of the first EDGE."""
     if values.empty:
@@ -338,10 +356,10 @@ def reason_label(reason: str | None) -> str:
 def run_stability(run: Run) -> dict:
     """Per-run numbers the stability table averages."""
     m = run.metrics
-    reward, grad = _series(m, "rollout/reward_mean"), _series(m, "actor/grad_norm")
+    reward, grad = series(m, "rollout/reward_mean"), series(m, "actor/grad_norm")
     collapsed = run.state == "collapsed"
     return {
-        "entropy_ratio": _edge_ratio(_series(m, "actor/entropy")),
+        "entropy_ratio": _edge_ratio(series(m, "actor/entropy")),
         "grad_norm_max": grad.max() if len(grad) else math.nan,
         "reward_peak": reward.max() if len(reward) else math.nan,
         "reward_final": reward.tail(EDGE).mean() if len(reward) else math.nan,
@@ -357,33 +375,37 @@ def collapse_rate_text(collapsed: int, runs: int, reasons: list[str]) -> str:
     return f"{collapsed}/{runs}" + (f" ({detail})" if detail else "")
 
 
-def stability_row(suite: str, family: str, algorithm: str, group: list[Run]) -> dict:
+def stability_row(suite: str, family: str, algorithm: str, group: list[Run], reps: int = REPS) -> dict:
     done = [r for r in group if r.state in FINISHED]
     reasons = [reason_label(r.status.get("reason")) for r in done if r.state == "collapsed"]
     per_run = pd.DataFrame([run_stability(r) for r in done], columns=PER_RUN)
     steps = pd.concat([r.metrics for r in done], ignore_index=True) if done else pd.DataFrame()
+    rate = wilson(len(reasons), len(done))
     row = {
         "suite": suite, "family": family, "algorithm": algorithm, "runs": len(done),
-        "collapsed": len(reasons), "collapse_rate": len(reasons) / len(done) if done else math.nan,
+        "collapsed": len(reasons), "collapse_rate": rate.point, "collapse_rate_low": rate.low,
+        "collapse_rate_high": rate.high,
         "collapse_reasons": collapse_rate_text(len(reasons), len(done), reasons),
         "failed": sum(r.state == "failed" for r in group),
         "incomplete": sum(r.state == "incomplete" for r in group),
     }
-    row.update({k: per_run[k].mean() for k in PER_RUN})
-    row.update({k: _series(steps, f"taxonomy/{k}").mean() for k in TAXONOMY})
+    for k in PER_RUN:
+        est = estimate(per_run[k].dropna().to_numpy(), reps=reps)
+        row |= {k: est.point, f"{k}_low": est.low, f"{k}_high": est.high, f"{k}_n": est.n}
+    row.update({k: series(steps, f"taxonomy/{k}").mean() for k in TAXONOMY})
     return row
 
 
-def stability_frame(runs: list[Run]) -> pd.DataFrame:
+def stability_frame(runs: list[Run], reps: int = REPS) -> pd.DataFrame:
     """Pooled rows (family 'all') and per-family rows for every suite × algorithm."""
     trained = [r for r in runs if not r.is_base]
     rows = []
     for suite in sorted({r.suite for r in trained}):
         for algorithm in sorted({r.algorithm for r in trained if r.suite == suite}):
             group = [r for r in trained if (r.suite, r.algorithm) == (suite, algorithm)]
-            rows.append(stability_row(suite, "all", algorithm, group))
+            rows.append(stability_row(suite, "all", algorithm, group, reps))
             for family in sorted({r.family for r in group}):
-                rows.append(stability_row(suite, family, algorithm, [r for r in group if r.family == family]))
+                rows.append(stability_row(suite, family, algorithm, [r for r in group if r.family == family], reps))
     return pd.DataFrame(rows, columns=STABILITY_COLUMNS)
 
 
@@ -391,14 +413,23 @@ def _num(value: float, digits: int = 3) -> str:
     return "—" if pd.isna(value) else f"{value:.{digits}f}"
 
 
+def _est(row: pd.Series, key: str, digits: int = 3) -> str:
+    n = row.get(f"{key}_n", 0)
+    if pd.isna(row[key]) or not n:
+        return "—"
+    return Estimate(row[key], row[f"{key}_low"], row[f"{key}_high"], int(n)).text(digits)
+
+
 def stability_tables(pooled: pd.DataFrame) -> list[str]:
     """Two markdown tables for one suite: collapse/entropy/reward, and the token taxonomy."""
-    head = "| algorithm | runs | collapse rate | steps to collapse | entropy final/initial | max grad norm | reward peak | reward final |"
-    main = [head, "|" + "---|" * 8]
+    head = "| algorithm | runs | collapse rate | collapse 95% | steps to collapse | entropy final/initial | max grad norm | reward peak | reward final |"
+    main = [head, "|" + "---|" * 9]
     tax = ["| algorithm | " + " | ".join(TAXONOMY) + " |", "|" + "---|" * (1 + len(TAXONOMY))]
     for _, r in pooled.iterrows():
-        main.append(f"| {r.algorithm} | {r.runs} | {r.collapse_reasons} | {_num(r.steps_to_collapse, 1)} | "
-                    f"{_num(r.entropy_ratio)} | {_num(r.grad_norm_max)} | {_num(r.reward_peak)} | {_num(r.reward_final)} |")
+        band = "—" if pd.isna(r.collapse_rate_low) else f"[{r.collapse_rate_low:.2f}, {r.collapse_rate_high:.2f}]"
+        main.append(f"| {r.algorithm} | {r.runs} | {r.collapse_reasons} | {band} | {_est(r, 'steps_to_collapse', 1)} | "
+                    f"{_est(r, 'entropy_ratio')} | {_est(r, 'grad_norm_max')} | {_est(r, 'reward_peak')} | "
+                    f"{_est(r, 'reward_final')} |")
         tax.append(f"| {r.algorithm} | " + " | ".join(_num(r[k]) for k in TAXONOMY) + " |")
     return ["\n".join(main), "Token taxonomy (mean over all steps of all runs):", "\n".join(tax)]
 
@@ -414,12 +445,12 @@ def stability_markdown(runs: list[Run], table: pd.DataFrame, header: str) -> str
 
 def _legend_stability() -> str:
     return (
-        f"Pooled over families and seeds (per-family rows in stability.csv). runs = completed + "
-        f"collapsed runs; collapse rate = collapsed / runs with the detector's reasons. "
-        f"entropy final/initial = mean of the last {EDGE} steps over the mean of the first {EDGE}, "
-        f"averaged over runs; max grad norm = per-run maximum, averaged; reward peak / final = "
-        f"per-run maximum / mean of the last {EDGE} steps, averaged; steps to collapse = mean "
-        f"over collapsed runs (— if none)."
+        f"Pooled over models and seeds (per-model rows in stability.csv). runs = completed + "
+        f"collapsed runs; collapse rate = collapsed / runs with the detector's reasons, and its 95% "
+        f"Wilson interval. Other cells: mean over runs [95% bootstrap interval] n. entropy "
+        f"final/initial = mean of the last {EDGE} steps over the mean of the first {EDGE}; max grad "
+        f"norm = per-run maximum; reward peak / final = per-run maximum / mean of the last {EDGE} "
+        f"steps; steps to collapse = over collapsed runs (— if none)."
     )
 
 
@@ -427,11 +458,7 @@ def collapse_thresholds(runs: list[Run]) -> list[str]:
     """Distinct `collapse:` sections of the runs' resolved configs, as one line each."""
     seen: dict[str, int] = {}
     for r in runs:
-        try:
-            cfg = yaml.safe_load((r.path / "config.yaml").read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
-            continue
-        section = cfg.get("collapse") if isinstance(cfg, dict) else None
+        section = read_yaml(r.path / "config.yaml").get("collapse")
         if isinstance(section, dict):
             text = ", ".join(f"{k} {v}" for k, v in section.items())
             seen[text] = seen.get(text, 0) + 1
@@ -471,10 +498,9 @@ def curve_figure(suite_runs: list[Run], suite: str, name: str, colors: dict[str,
     families = sorted({r.family for r in suite_runs})
     ncols = min(len(families), 3)
     nrows = math.ceil(len(families) / ncols)
-    fig = Figure(figsize=(4.5 * ncols, 3.4 * nrows + 0.8), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(4.5 * ncols, 3.4 * nrows + 0.8)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    values = pd.concat([_series(r.metrics, key) for r in suite_runs])
+    values = pd.concat([series(r.metrics, key) for r in suite_runs])
     log_scale = name == "grad_norm" and len(values) and bool((values > 0).all())
     for ax, family in zip(axes[: len(families)], families, strict=True):
         _plot_family(ax, [r for r in suite_runs if r.family == family], key, colors)
@@ -486,24 +512,18 @@ def curve_figure(suite_runs: list[Run], suite: str, name: str, colors: dict[str,
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 6))
     fig.suptitle(f"{suite}: {ylabel} — mean over seeds, band = min–max, × = collapse")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
-def write_figures(runs: list[Run], out_dir: Path) -> dict[str, Path]:
-    """figures/<suite>_<curve>.png for every suite that has finished runs with metrics."""
+def write_figures(runs: list[Run]) -> dict[str, bytes]:
+    """{figures/<suite>_<curve>.png: PNG} for every suite that has finished runs with metrics."""
     finished = [r for r in runs if r.state in FINISHED and len(r.metrics)]
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
     names = sorted({r.algorithm for r in runs if not r.is_base})
-    colors = {a: palette[i % len(palette)] for i, a in enumerate(names)}
+    colors = colors_for(names)
     written = {}
     for suite in sorted({r.suite for r in finished}):
         for name in CURVES:
-            rel = f"figures/{suite}_{name}.png"
-            png = curve_figure([r for r in finished if r.suite == suite], suite, name, colors)
-            atomic_write_bytes(out_dir / rel, png)
-            written[rel] = out_dir / rel
+            written[f"figures/{suite}_{name}.png"] = curve_figure([r for r in finished if r.suite == suite], suite, name, colors)
     return written
 
 
@@ -536,19 +556,61 @@ def _sorted_board(board: pd.DataFrame) -> pd.DataFrame:
         order = {"algorithm": _algorithm_order, "metric": _metric_order}.get(col.name)
         return col.map(order) if order else col
 
-    return board.sort_values(LEADERBOARD_COLUMNS[:5], key=key, kind="stable")
+    return board.sort_values(KEYS, key=key, kind="stable")
 
 
 def _csv(frame: pd.DataFrame) -> str:
     return frame.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
+def provenance_lines(runs: list[Run]) -> list[str]:
+    """What the runs were made with, from their provenance.json and status.json: package
+    versions, devices, training precision, commits, and the summed wall time."""
+    trained = [r for r in runs if not r.is_base and r.provenance]
+    if not trained:
+        return []
+
+    def distinct(values) -> str:
+        counts = Counter(values)
+        if len(counts) == 1:
+            return str(next(iter(counts)))
+        return " / ".join(f"{v} ({n} runs)" for v, n in counts.most_common())
+
+    versions = ", ".join(
+        f"{k} {distinct(r.provenance.get('versions', {}).get(k) or 'not installed' for r in trained)}"
+        for k in VERSION_KEYS
+    )
+    devices = distinct(_device_text(r.provenance.get("device") or {}) for r in trained)
+    precision = distinct(
+        ((r.provenance.get("precision") or {}).get("train.precision") or {}).get("used", "?") for r in trained
+    )
+    commits = distinct(str(r.provenance.get("commit", "unknown"))[:12] for r in trained)
+    train_s = sum(w for r in runs if not r.is_base and not math.isnan(w := r.wall_s()))
+    sft_s = sum(w for r in runs if r.is_base and not math.isnan(w := r.wall_s()))
+    return [
+        "",
+        f"Runs made with {versions}; device {devices}; training precision {precision}; "
+        f"run commits {commits}. Wall time: training {train_s / 60:.1f} min summed over "
+        f"{len(trained)} runs, SFT of the bases {sft_s / 60:.1f} min (evaluation not included).",
+    ]
+
+
+def _device_text(device: dict) -> str:
+    if device.get("kind") == "cpu":
+        flags = ", ".join(device.get("bf16_flags") or []) or "no native bf16"
+        return f"{device.get('name', 'CPU')} ({device.get('torch_capability', '?')}; {flags})"
+    return str(device.get("name") or device.get("kind") or "unknown")
+
+
 def aggregate(
     runs_root: Path, out_dir: Path = Path("results"), *, command: str, config_name: str,
-    experiment: str | None = None, manifest: Path | None = None,
+    experiment: str | None = None, manifest: Path | None = None, sweep: str | None = None,
+    baseline: str = "grpo", reps: int = REPS,
 ) -> dict[str, Path]:
-    """Write leaderboard.{md,csv}, stability.{md,csv} and figures/*.png for one experiment, and
-    optionally a JSON manifest of what was aggregated (run, state, eval files) at `manifest`.
+    """Write leaderboard.{md,csv}, stability.{md,csv} and figures/*.png for one experiment (with
+    `sweep`, a run-config field such as train.lr, also the stress tables of rlvr/stress.py; where
+    runs hold learning curves, the scaling fits of rlvr/curves.py), and optionally a JSON manifest
+    of what was aggregated (run, state, eval files) at `manifest`.
 
     Returns {name relative to out_dir: path} of every file written. Raises ValueError (one line,
     naming runs_root) when there are no runs at all."""
@@ -559,20 +621,35 @@ def aggregate(
         where = root if experiment else runs_root
         raise ValueError(f"no runs found under {where} (expected <suite>/<family>/<algorithm>/seed<N>/)")
     name = experiment or root.name
-    board, stability = leaderboard_frame(runs), stability_frame(runs)
-    header = make_header("Leaderboard", name, command, config_name)
-    stab_header = make_header("Stability", name, command, config_name, ["", *collapse_thresholds(runs)])
+    scores = score_frame(runs)
+    board, stability = leaderboard_frame(runs, scores, reps), stability_frame(runs, reps)
+    made_with = provenance_lines(runs)
+    header = make_header("Leaderboard", name, command, config_name, made_with)
+    stab_header = make_header("Stability", name, command, config_name, [*made_with, "", *collapse_thresholds(runs)])
     texts = {
-        "leaderboard.md": leaderboard_markdown(runs, board, header),
+        "leaderboard.md": leaderboard_markdown(runs, board, scores, header, baseline=baseline, sweep=sweep, reps=reps),
         "leaderboard.csv": _csv(_sorted_board(board)),
         "stability.md": stability_markdown(runs, stability, stab_header),
         "stability.csv": _csv(stability),
     }
+    figures = write_figures(runs)
+    if (profile := profile_figure(scores, reps)) is not None:
+        figures["figures/performance_profile.png"] = profile
+    if sweep:
+        tables, pictures = stress.report(runs, sweep, make_header("Stress", name, command, config_name, made_with),
+                                         baseline=baseline, reps=reps)
+        texts |= tables
+        figures |= pictures
+    tables, pictures = curves.report(runs, make_header("Scaling", name, command, config_name, made_with), reps=reps)
+    texts |= tables
+    figures |= pictures
     written = {}
     for rel, text in texts.items():
         atomic_write_text(out_dir / rel, text)
         written[rel] = out_dir / rel
-    written |= write_figures(runs, out_dir)
+    for rel, png in figures.items():
+        atomic_write_bytes(out_dir / rel, png)
+        written[rel] = out_dir / rel
     if manifest is not None:
         atomic_write_text(manifest, json.dumps({
             "experiment": name, "command": command, "config": config_name, "commit": git_commit(),

@@ -4,7 +4,7 @@
     rlvr sft   --config RUN.yaml [key.sub=value ...]
     rlvr train --config RUN.yaml [key.sub=value ...]
     rlvr eval  --config RUN.yaml [key.sub=value ...]   (eval.checkpoint, eval.suites, eval.k, ...)
-    rlvr aggregate --runs runs --experiment NAME --out results
+    rlvr aggregate --runs runs --experiment NAME --out results [--sweep train.lr]
     rlvr bench [--repeats 3]                             (make bench; needs the bench extra)
 """
 
@@ -58,9 +58,14 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> None:
-    from rlvr.evaluate import default_out, evaluate, summary_line
+    from rlvr.evaluate import default_out, evaluate, evaluate_curve, summary_line
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.eval.curve:
+        for suite, curve in evaluate_curve(cfg).items():
+            print(f"eval: {suite} curve over steps {[p['step'] for p in curve['points']]}")
+        print(f"eval: wrote {default_out(cfg)}/<suite>.json")
+        return
     for result in evaluate(cfg).values():
         print(f"eval: {summary_line(result)}")
     print(f"eval: wrote {default_out(cfg)}/<suite>.json")
@@ -73,7 +78,8 @@ def _cmd_aggregate(args) -> None:
 
     written = aggregate(Path(args.runs), Path(args.out), command="rlvr " + " ".join(sys.argv[1:]),
                         config_name=args.config_name, experiment=args.experiment,
-                        manifest=Path(args.manifest) if args.manifest else None)
+                        manifest=Path(args.manifest) if args.manifest else None,
+                        sweep=args.sweep, baseline=args.baseline, reps=args.reps)
     print(f"aggregate: wrote {len(written)} files to {args.out}")
 
 
@@ -112,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--out", default="results")
     agg.add_argument("--config-name", default="config/default.yaml", help="the DAG config, for the header")
     agg.add_argument("--manifest", default=None, help="also write a JSON list of what was aggregated here")
+    agg.add_argument("--sweep", default=None, help="run-config field the experiment sweeps (e.g. train.lr): stress tables")
+    agg.add_argument("--baseline", default="grpo", help="algorithm the probability of improvement is against")
+    from rlvr.intervals import REPS as BOOTSTRAP_REPS  # numpy only
+
+    agg.add_argument("--reps", type=int, default=BOOTSTRAP_REPS, help="bootstrap replications per interval")
     bench = sub.add_parser("bench", help="step benchmark against TRL's GRPOTrainer (needs the bench extra)")
     from rlvr.bench import REPEATS  # stdlib imports only
 

@@ -165,6 +165,12 @@ class EvalConfig(Section):
     checkpoint: str | None = Field(
         None, description="Checkpoint dir (default: <output_dir>/final)."
     )
+    curve: bool = Field(
+        False,
+        description="A learning curve instead: every hf_checkpoints/step_N of output_dir and its "
+        "final/, each written to <out>/<checkpoint>/<suite>.json, and <out>/<suite>.json listing "
+        "the points (step, metrics) for the scaling fit (rlvr/curves.py).",
+    )
     out: str | None = Field(
         None, description="Where <suite>.json files go (default: <output_dir>/eval)."
     )

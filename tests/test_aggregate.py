@@ -11,6 +11,7 @@ Hand-chosen values (every run has 6 steps unless noted):
 """
 
 import json
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -125,9 +126,14 @@ def md_line(text: str, section: str, label: str) -> str:
     return next(line for line in block.splitlines() if line.startswith(f"| {label} |"))
 
 
+def table_rows(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if line.startswith("| "))
+
+
 def test_returns_every_file(results):
     out, written = results
     figures = {f"figures/{s}_{c}.png" for s in SUITES for c in ("entropy", "reward", "grad_norm")}
+    figures.add("figures/performance_profile.png")
     assert set(written) == {"leaderboard.md", "leaderboard.csv", "stability.md", "stability.csv"} | figures
     assert all(p == out / name and p.is_file() for name, p in written.items())
     assert not list(out.rglob(".*.tmp"))
@@ -137,10 +143,13 @@ def test_leaderboard_csv_mean_std_n(results):
     out, _ = results
     grpo = board_row(out, suite="math", family="gpt2", algorithm="grpo", metric="pass@1")
     assert (grpo["mean"], grpo["std"], grpo["n"]) == pytest.approx((0.3, 0.02**0.5, 2), abs=1e-6)
+    # the bootstrap of two seeds draws means 0.2, 0.3, 0.4 with probability 1/4, 1/2, 1/4
+    assert (grpo["ci_low"], grpo["ci_high"], grpo["iqm"]) == pytest.approx((0.2, 0.4, 0.3), abs=1e-9)
     collapsed_included = board_row(out, suite="math", family="qwen2", algorithm="grpo", metric="avg@4")
     assert (collapsed_included["mean"], collapsed_included["n"]) == pytest.approx((0.45, 2))
     running_excluded = board_row(out, suite="math", family="gpt2", algorithm="wapo", metric="pass@1")
     assert (running_excluded["mean"], running_excluded["n"]) == (0.5, 1) and pd.isna(running_excluded["std"])
+    assert pd.isna(running_excluded["ci_low"])  # no interval from one run
     base = board_row(out, suite="math", family="gpt2", algorithm=agg.BASE_LABEL, metric="pass@4")
     assert (base["mean"], base["n"]) == pytest.approx((1.0, 1))
     f1 = board_row(out, suite="multihop", family="gpt2", algorithm="grpo", metric="f1")
@@ -149,23 +158,56 @@ def test_leaderboard_csv_mean_std_n(results):
     assert chance["mean"] == 0.25
 
 
-def test_leaderboard_md_cells_and_bold(results):
+def test_leaderboard_md_cells_intervals_and_columns(results):
     out, _ = results
     text = (out / "leaderboard.md").read_text()
     assert text.startswith("# Leaderboard — experiment `exp`")
     assert COMMAND in text and "config/test.yaml" in text and "abc1234" in text and "UTC" in text
-    header = md_line(text, "math", "algorithm")
-    assert header.split(" | ")[1:4] == ["gpt2 pass@1", "gpt2 avg@4", "gpt2 pass@4"]
-    assert md_line(text, "math", "grpo").split(" | ")[1] == "0.300 ± 0.141 (n=2)"
-    assert md_line(text, "math", "wapo").split(" | ")[1] == "**0.500 (n=1)**"
-    assert md_line(text, "math", "wapo").split(" | ")[4] == "**0.750 ± 0.071 (n=2)**"
-    assert md_line(text, "math", agg.BASE_LABEL).split(" | ")[1] == "0.900 (n=1)"  # higher, not bold
-    assert "| wapo | — | — | — |" in md_line(text, "multihop", "wapo") + " |"
-    assert md_line(text, "multihop", agg.CHANCE_LABEL).split(" | ")[1:4] == ["0.250", "0.250", ""]
+    header = md_line(text, "math", "algorithm").removesuffix(" |")
+    assert header.split(" | ")[1:] == ["gpt2 pass@1", "gpt2 pass@4", "qwen2 pass@1", "qwen2 pass@4"]  # avg@4: CSV
+    assert md_line(text, "math", "grpo").split(" | ")[1] == "0.300 [0.20, 0.40] n=2"
+    # 2 seeds never carry a bold: a full separation of 2 vs 2 happens by chance 1 time in 6
+    assert md_line(text, "math", "wapo").split(" | ")[1] == "0.500 n=1"
+    assert md_line(text, "math", "wapo").split(" | ")[3] == "0.750 [0.70, 0.80] n=2"
+    assert "**" not in table_rows(text)
+    assert md_line(text, "math", agg.BASE_LABEL).split(" | ")[1] == "0.900 n=1"
+    # QA: em equals pass@1 in every run, so it leaves the table, and says so
+    assert md_line(text, "multihop", "algorithm").split(" | ")[1:3] == ["gpt2 pass@1", "gpt2 f1"]
+    assert "`em` equals `pass@1` in every run" in text
+    assert "| wapo | — | — |" in md_line(text, "multihop", "wapo") + " |"
+    assert md_line(text, "multihop", agg.CHANCE_LABEL).split(" | ")[1:3] == ["0.250", ""]
     rows = [line.split(" | ")[0] for line in text.split("\n## math\n")[1].splitlines() if line.startswith("| ")]
     assert rows[:4] == ["| algorithm", "| base (before RL)", "| grpo", "| wapo"]
     assert "`math/gpt2/wapo/seed1`: running at step 2" in text and "excluded" in text
     assert "SFT warm start reached sampled accuracy 0.310" in text
+
+
+def test_all_tasks_row_uses_the_seeds_every_task_has(results):
+    out, _ = results
+    text = (out / "leaderboard.md").read_text()
+    section = text.split("## All tasks", 1)[1]
+    # grpo seed0 has no multihop/gpt2 eval: seed1 alone, pass@1 .4 .6 .4 .6 over the 4 tasks
+    grpo = next(line for line in section.splitlines() if line.startswith("| grpo |")).split(" | ")
+    assert grpo[1] == "0.500 n=4" and grpo[-1] == "1 × 4 |"
+    assert "| wapo |" not in section  # no multihop/gpt2 run at all
+
+
+def test_a_supported_lead_is_bold_and_a_tie_is_not(tmp_path):
+    exp = tmp_path / "runs" / "exp" / "math" / "qwen2"
+    scores = {"grpo": (0.30, 0.32, 0.31), "wapo": (0.50, 0.52, 0.51), "dapo": (0.30, 0.32, 0.31)}
+    for algo, values in scores.items():
+        for seed, value in enumerate(values):
+            run = exp / algo / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "status.json").write_text(json.dumps({"state": "completed", "step": 1}))
+            write_eval(run, "math", value)
+    text = agg.aggregate(tmp_path / "runs", tmp_path / "out", command="c", config_name="x")["leaderboard.md"].read_text()
+    assert md_line(text, "math", "wapo").split(" | ")[1].startswith("**0.510 [")
+    assert "**" not in md_line(text, "math", "grpo") + md_line(text, "math", "dapo")
+    # wapo's pass@4 lead over the tie is supported too; with wapo gone, grpo = dapo: no bold
+    shutil.rmtree(exp / "wapo")
+    text = agg.aggregate(tmp_path / "runs", tmp_path / "out", command="c", config_name="x")["leaderboard.md"].read_text()
+    assert "**" not in table_rows(text)
 
 
 def test_stability_numbers(results):
@@ -173,6 +215,8 @@ def test_stability_numbers(results):
     pooled = stab_row(out, "math", "all", "grpo")
     assert (pooled.runs, pooled.collapsed, pooled.incomplete) == (4, 1, 0)
     assert pooled.collapse_reasons == "1/4 (entropy collapse ×1)"
+    # Wilson 95% of 1/4, by hand: centre (p + z²/2n)/(1 + z²/n), half-width z·sqrt(p(1-p)/n + z²/4n²)/(1 + z²/n)
+    assert (pooled.collapse_rate_low, pooled.collapse_rate_high) == pytest.approx((0.04559, 0.69936), abs=1e-4)
     assert pooled.steps_to_collapse == 4
     assert pooled.entropy_ratio == pytest.approx((3 * 0.5 + 0.7) / 4, abs=1e-6)
     assert pooled.grad_norm_max == pytest.approx((6 + 12 + 6 + 10) / 4)
@@ -195,8 +239,9 @@ def test_stability_md(results):
     assert text.startswith("# Stability — experiment `exp`") and COMMAND in text
     assert "Collapse thresholds (config.yaml `collapse:`): window 3, patience 5, entropy_low 0.1" in text
     cells = md_line(text, "math", "grpo").split(" | ")
-    assert cells[1:5] == ["4", "1/4 (entropy collapse ×1)", "4.0", "0.550"]
-    assert md_line(text, "math", "wapo").split(" | ")[3] == "—"
+    assert cells[1:5] == ["4", "1/4 (entropy collapse ×1)", "[0.05, 0.70]", "4.0 n=1"]
+    assert cells[5].startswith("0.550 [") and cells[5].endswith("] n=4")
+    assert md_line(text, "math", "wapo").split(" | ")[4] == "—"
     assert "`math/gpt2/wapo/seed1`: running at step 2" in text
 
 
@@ -209,7 +254,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_figures_are_pngs_of_fixed_size(results):
     _, written = results
     sizes = {png_size(p) for name, p in written.items() if name.endswith(".png")}
-    assert sizes == {(900, 420)}  # 2 families side by side: 2 × 4.5 in × 100 dpi
+    assert sizes == {(900, 420), (640, 420)}  # 2 families side by side: 2 × 4.5 in × 100 dpi; the profile
 
 
 def test_empty_tree_is_one_line_error(tmp_path):

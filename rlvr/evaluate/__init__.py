@@ -9,7 +9,8 @@ from rlvr.evaluate.harness import (
     default_out,
     evaluate,
     evaluate_checkpoints,
+    evaluate_curve,
     summary_line,
 )
 
-__all__ = ["default_checkpoint", "default_out", "evaluate", "evaluate_checkpoints", "summary_line"]
+__all__ = ["default_checkpoint", "default_out", "evaluate", "evaluate_checkpoints", "evaluate_curve", "summary_line"]

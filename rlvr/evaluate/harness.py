@@ -3,6 +3,7 @@
     from rlvr.evaluate import evaluate, evaluate_checkpoints
     results = evaluate(cfg)                       # {suite: result}, for eval.checkpoint or final/
     curve = evaluate_checkpoints(cfg, [d1, d2])   # {checkpoint: {suite: result}}
+    points = evaluate_curve(cfg)                  # eval.curve: every checkpoint of output_dir
 
 Per suite, one lm-eval run with two variants of the suite's task (evals/tasks): greedy decoding
 (pass@1) and k samples at eval.temperature (avg@k, pass@k). "Correct" is math_reward == 1 for
@@ -31,6 +32,7 @@ from typing import Any
 
 from rlvr.config import RunConfig
 from rlvr.io import atomic_write_json
+from rlvr.run_state import read_status
 
 # Distributed launch variables. If they leak into an eval process (e.g. a rule started from a
 # torchrun job), accelerate starts torch.distributed and waits for peers that never come.
@@ -97,6 +99,36 @@ def evaluate_checkpoints(
         raise ValueError(f"checkpoint directory names must differ (results go by name): {names}")
     out = default_out(cfg)
     return {str(c): _evaluate_checkpoint(cfg, Path(c), out / Path(c).name) for c in checkpoints}
+
+
+def curve_checkpoints(cfg: RunConfig) -> list[tuple[int, Path]]:
+    """(step, dir) of every hf_checkpoints/step_N of output_dir, then final/ at the run's last step."""
+    run = Path(cfg.output_dir)
+    points = [(int(p.name.split("_")[-1]), p) for p in sorted((run / "hf_checkpoints").glob("step_*"))]
+    status = read_status(run) or {}
+    if (run / "final").exists() and isinstance(last := status.get("steps_run", status.get("step")), int):
+        points.append((last, run / "final"))
+    if not points:
+        raise FileNotFoundError(f"{run} holds no hf_checkpoints/step_N and no final/ with a status.json to "
+                                "evaluate as a curve (eval.curve=true)")
+    return points
+
+
+def evaluate_curve(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """eval.curve: every checkpoint of the run (curve_checkpoints) on eval.suites; writes
+    <out>/<checkpoint>/<suite>.json and <out>/<suite>.json = {suite, points: [{step, checkpoint,
+    metrics}]}, and returns {suite: that summary}."""
+    points = curve_checkpoints(cfg)
+    results = evaluate_checkpoints(cfg, [p for _, p in points])
+    summaries = {}
+    for suite in next(iter(results.values())):
+        summaries[suite] = {
+            "suite": suite,
+            "points": [{"step": step, "checkpoint": str(p), "metrics": results[str(p)][suite]["metrics"]}
+                       for step, p in points],
+        }
+        atomic_write_json(default_out(cfg) / f"{suite}.json", summaries[suite])
+    return summaries
 
 
 @dataclass

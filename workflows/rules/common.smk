@@ -145,6 +145,16 @@ def all_evals():
     return out
 
 
+CURVES = config.get("curves", [])
+if unknown := [c for c in CURVES if c not in ALGOS]:
+    raise ValueError(f"curves: {unknown} are not algorithm labels of this config (labels: {list(ALGOS)})")
+
+
+def all_curves():
+    """Learning-curve files of the runs whose label is in config `curves` (own suite only)."""
+    return [f"{run_dir(s, m, a, seed)}/curve/{s}.json" for s in SUITES for m in MODELS for a in CURVES for seed in SEEDS]
+
+
 def all_statuses():
     return [f"{run_dir(s, m, a, seed)}/status.json" for s in SUITES for m in MODELS for a in ALGOS for seed in SEEDS]
 

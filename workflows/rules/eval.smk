@@ -29,3 +29,30 @@ rule evaluate:
         "logs/{exp}/eval/{suite}/{model}/{runname}/{evalsuite}.log",
     shell:
         "rlvr eval {params.args} train.threads={threads} > {log} 2>&1"
+
+
+def curve_args(w):
+    rdir = run_dir(w.suite, w.model, w.algo, w.seed)
+    items = stage_overrides(w.suite, w.model) + [
+        f"output_dir={rdir}", "eval.curve=true", f"eval.out={rdir}/curve",
+        f"eval.suites={json.dumps([w.evalsuite])}", "seed=0",
+        f"eval.data={json.dumps({w.evalsuite: data_paths(w.evalsuite)['test']})}",
+    ]
+    return cli_args(items)
+
+
+# A learning curve: lm-eval on every intermediate checkpoint of one run (config `curves`), one
+# process for all of them; rlvr/curves.py fits them.
+rule curve:
+    input:
+        "runs/{exp}/{suite}/{model}/{algo}/seed{seed}/status.json",
+        lambda w: data_paths(w.evalsuite)["test"],
+    output:
+        "runs/{exp}/{suite}/{model}/{algo}/seed{seed}/curve/{evalsuite}.json",
+    params:
+        args=curve_args,
+    threads: 1
+    log:
+        "logs/{exp}/curve/{suite}/{model}/{algo}/seed{seed}/{evalsuite}.log",
+    shell:
+        "rlvr eval {params.args} train.threads={threads} > {log} 2>&1"

@@ -1,0 +1,332 @@
+"""The stress study's tables and figures: `rlvr aggregate --sweep train.lr` (config/stress.yaml).
+
+Runs are grouped by suite × model family × registered algorithm × the swept setting, pooling the
+labels of one family trained from different bases (models.base_seed: the model labels are the
+strata); the base is a factor in every interval (runs × bases, both resampled: rlvr/intervals.py). Per run:
+
+    collapsed, steps_to_collapse   the detector's verdict (status.json)
+    reward_change                  mean training reward of the last EDGE steps − the first EDGE
+    steps_to_half_reward           first step whose EDGE-step mean reward is ≤ half the initial
+                                   (censored: a run that never got there counts in `reached`)
+    heldout                        pass@1 of the final checkpoint on the suite's test split
+    heldout_change                 heldout − the run's own base
+A binary detector misses a run that kept half its entropy but lost most of its reward, hence the
+continuous measures beside the collapse rate.
+
+Writes stress.md, stress.csv (one row per cell), stress_runs.csv (one row per run) and
+figures/stress_<suite>_{collapse,heldout,steps,entropy,grad_norm,taxonomy}.png.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+
+from rlvr.intervals import REPS, Estimate, estimate, improvement, wilson
+from rlvr.plots import colors_for, new_figure, png_bytes
+from rlvr.runs import EDGE, FINISHED, Run, eval_scores, series
+
+METRIC = "pass@1"
+BINS = ("pos_peak", "pos_valley", "neg_peak", "neg_valley")
+CELL = ["suite", "family", "algorithm", "setting"]
+
+
+# ---------------------------------------------------------------- per run
+
+
+def steps_to_fraction(reward: pd.Series, fraction: float = 0.5) -> float:
+    """First step at which the EDGE-step rolling mean reward is ≤ fraction × the initial mean
+    (nan if never, or if the initial reward is 0)."""
+    if len(reward) < EDGE:
+        return math.nan
+    initial = reward.head(EDGE).mean()
+    if initial <= 0:
+        return math.nan
+    rolling = reward.rolling(EDGE).mean()
+    hit = rolling[rolling <= fraction * initial]
+    return float(hit.index[0]) if len(hit) else math.nan
+
+
+def run_measures(run: Run, base_scores: dict[tuple[str, str], float], sweep: str) -> dict:
+    reward = series(run.metrics.set_index("step"), "rollout/reward_mean")
+    own = eval_scores(run.evals.get(run.suite, {}))
+    heldout = own.get(METRIC, math.nan)
+    base = base_scores.get((run.suite, run.family), math.nan)
+    collapsed = run.state == "collapsed"
+    return {
+        "suite": run.suite, "family": run.model_family, "algorithm": run.algorithm_name,
+        "setting": run.setting(sweep), "label": run.algorithm, "model": run.family,
+        "seed": run.seed, "state": run.state,
+        "collapsed": collapsed,
+        "steps_to_collapse": float(run.status.get("step", math.nan)) if collapsed else math.nan,
+        "steps_run": float(run.status.get("steps_run", run.status.get("step", math.nan))),
+        "reward_initial": reward.head(EDGE).mean() if len(reward) else math.nan,
+        "reward_change": reward.tail(EDGE).mean() - reward.head(EDGE).mean() if len(reward) else math.nan,
+        "steps_to_half_reward": steps_to_fraction(reward),
+        "heldout": heldout,
+        "heldout_change": heldout - base,
+        "wall_s": run.wall_s(),
+    }
+
+
+def run_frame(runs: list[Run], sweep: str) -> pd.DataFrame:
+    base_scores = {
+        (r.suite, r.family): eval_scores(r.evals.get(r.suite, {})).get(METRIC, math.nan)
+        for r in runs if r.is_base
+    }
+    rows = [run_measures(r, base_scores, sweep) for r in runs if not r.is_base and r.state in FINISHED]
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- per cell
+
+
+def by_base(group: pd.DataFrame, column: str) -> np.ndarray:
+    """runs × bases when every base holds the same number of finite values (the base then a
+    factor of the bootstrap), else one column of all of them."""
+    cols = [g[column].dropna().to_numpy() for _, g in group.groupby("model")]
+    if len(cols) > 1 and len({len(c) for c in cols}) == 1 and len(cols[0]):
+        return np.stack(cols, axis=1)
+    return np.concatenate(cols)[:, None] if cols else np.empty((0, 1))
+
+
+def cell_row(key: tuple, group: pd.DataFrame, reference: pd.DataFrame | None, reps: int) -> dict:
+    n = len(group)
+    rate = wilson(int(group.collapsed.sum()), n)
+    collapse_steps = group.steps_to_collapse.dropna()
+    reached = group.steps_to_half_reward.dropna()
+    row = dict(zip(CELL, key, strict=True)) | {
+        "runs": n, "bases": group.model.nunique(),
+        "collapse_rate": rate.point, "collapse_low": rate.low, "collapse_high": rate.high,
+        "collapsed": int(group.collapsed.sum()),
+        "steps_to_collapse_median": collapse_steps.median() if len(collapse_steps) else math.nan,
+        "steps_to_collapse_min": collapse_steps.min() if len(collapse_steps) else math.nan,
+        "steps_to_collapse_max": collapse_steps.max() if len(collapse_steps) else math.nan,
+        "half_reward_reached": len(reached),
+        "steps_to_half_reward_median": reached.median() if len(reached) else math.nan,
+    }
+    for column in ("reward_change", "heldout", "heldout_change"):
+        est = estimate(by_base(group, column), reps=reps)
+        row |= {column: est.point, f"{column}_low": est.low, f"{column}_high": est.high, f"{column}_n": est.n}
+    if reference is not None:
+        est = improvement(group.heldout.dropna().to_numpy(), reference.heldout.dropna().to_numpy(), reps=reps)
+        row |= {"p_heldout_over_baseline": est.point, "p_low": est.low, "p_high": est.high}
+    return row
+
+
+def cell_frame(per_run: pd.DataFrame, baseline: str, reps: int) -> pd.DataFrame:
+    rows = []
+    groups = dict(tuple(per_run.groupby(CELL, sort=True)))
+    for key, group in groups.items():
+        suite, family, algorithm, setting = key
+        ref = groups.get((suite, family, baseline, setting))
+        rows.append(cell_row(key, group, None if algorithm == baseline else ref, reps))
+    return pd.DataFrame(rows)
+
+
+def _est(row: pd.Series, column: str, digits: int = 3) -> str:
+    if pd.isna(row.get(column)):
+        return "—"
+    return Estimate(row[column], row[f"{column}_low"], row[f"{column}_high"], int(row[f"{column}_n"])).text(digits)
+
+
+def _fmt_setting(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def suite_table(cells: pd.DataFrame, sweep: str, baseline: str) -> str:
+    head = (f"| algorithm | {sweep} | runs | collapse rate [95% Wilson] | steps to collapse median (range) | "
+            f"reward change last−first | half reward reached: runs, median step | held-out {METRIC} | "
+            f"Δ held-out vs base | P(held-out > {baseline}) |")
+    lines = [head, "|" + "---|" * 10]
+    for _, r in cells.sort_values(["algorithm", "setting"]).iterrows():
+        steps = "—" if pd.isna(r.steps_to_collapse_median) else (
+            f"{r.steps_to_collapse_median:.0f} ({r.steps_to_collapse_min:.0f}–{r.steps_to_collapse_max:.0f})")
+        half = f"{r.half_reward_reached}/{r.runs}" + (
+            "" if pd.isna(r.steps_to_half_reward_median) else f", {r.steps_to_half_reward_median:.0f}")
+        versus = "—"
+        if not pd.isna(r.get("p_heldout_over_baseline", math.nan)):
+            versus = Estimate(r.p_heldout_over_baseline, r.p_low, r.p_high, int(r.runs)).text(2)
+        lines.append(
+            f"| {r.algorithm} | {_fmt_setting(r.setting)} | {r.runs} | {r.collapsed}/{r.runs} = {r.collapse_rate:.2f} "
+            f"[{r.collapse_low:.2f}, {r.collapse_high:.2f}] | {steps} | {_est(r, 'reward_change')} | {half} | "
+            f"{_est(r, 'heldout')} | {_est(r, 'heldout_change')} | {versus} |"
+        )
+    return "\n".join(lines)
+
+
+def base_notes(runs: list[Run], suite: str) -> str:
+    bases = [r for r in runs if r.is_base and r.suite == suite]
+    parts = []
+    for r in sorted(bases, key=lambda r: (r.model_family, r.family)):
+        score = eval_scores(r.evals.get(suite, {})).get(METRIC)
+        if score is not None:
+            parts.append(f"`{r.family}` ({r.model_family}) {score:.3f}")
+    return f"Bases, held-out {METRIC} before RL: " + "; ".join(parts) + "." if parts else ""
+
+
+def markdown(runs: list[Run], per_run: pd.DataFrame, cells: pd.DataFrame, header: str, sweep: str,
+             baseline: str) -> str:
+    wall = per_run.wall_s.sum() / 60 if "wall_s" in per_run else math.nan
+    legend = (
+        f"One row per algorithm × `{sweep}`, pooling both bases of a family; runs = finished runs "
+        f"(completed + collapsed), bases × seeds. Intervals: 95%, the collapse rate's by Wilson, the "
+        f"others by the stratified bootstrap over seeds and bases (rliable, bases resampled too). "
+        f"reward change = mean training reward of the last {EDGE} steps − the first {EDGE} (a "
+        f"collapsed run stops where the detector fired). half reward = the first step whose "
+        f"{EDGE}-step mean reward falls to half the initial. Δ held-out = the final checkpoint's "
+        f"{METRIC} on the test split − its base's. P(held-out > {baseline}) = probability that a run "
+        f"beats a `{baseline}` run at the same {sweep} (0.5 = no difference). Training wall time "
+        f"of these runs: {wall:.1f} min summed (2 runs at a time on 2 cores)."
+    )
+    parts = [header, legend]
+    for suite in sorted(set(cells.suite)):
+        parts += [f"## {suite}", base_notes(runs, suite),
+                  suite_table(cells[cells.suite == suite], sweep, baseline),
+                  f"Figures: figures/stress_{suite}_collapse.png, _heldout, _steps, _entropy, _grad_norm, _taxonomy."]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _by_algorithm(cells: pd.DataFrame):
+    for algorithm, group in cells.groupby("algorithm"):
+        yield algorithm, group.sort_values("setting")
+
+
+def _log_x(ax, settings) -> None:
+    if all(isinstance(s, (int, float)) and s > 0 for s in settings):
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(settings), [f"{s:g}" for s in sorted(settings)])
+        ax.minorticks_off()
+
+
+def _jitter(settings: np.ndarray, i: int, count: int) -> np.ndarray:
+    """Spread the algorithms' markers around each setting (multiplicatively: the axis is log)."""
+    return settings * (1 + 0.04 * (i - (count - 1) / 2))
+
+
+def rate_figure(cells: pd.DataFrame, suite: str, sweep: str, colors: dict, column: str, band: tuple[str, str],
+                ylabel: str) -> bytes:
+    """`column` against the setting with its interval (columns `band`), one line per algorithm."""
+    fig = new_figure(6.4, 4.2)
+    ax = fig.subplots()
+    algos = list(_by_algorithm(cells))
+    for i, (algorithm, g) in enumerate(algos):
+        x = _jitter(g.setting.to_numpy(dtype=float), i, len(algos))
+        y = g[column].to_numpy(dtype=float)
+        err = np.vstack([y - g[band[0]].to_numpy(dtype=float), g[band[1]].to_numpy(dtype=float) - y])
+        ax.errorbar(x, y, yerr=np.clip(np.nan_to_num(err), 0, None), color=colors[algorithm], marker="o", capsize=3, label=algorithm)
+    _log_x(ax, set(cells.setting))
+    ax.set(xlabel=sweep, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{suite}: {ylabel} (95% interval, n = {int(cells.runs.max())} runs per point)", fontsize=10)
+    return png_bytes(fig)
+
+
+def steps_figure(per_run: pd.DataFrame, suite: str, sweep: str, colors: dict) -> bytes:
+    """Steps to collapse of every run (filled); runs that never collapsed at their last step (hollow)."""
+    fig = new_figure(6.4, 4.2)
+    ax = fig.subplots()
+    algos = sorted(set(per_run.algorithm))
+    for i, algorithm in enumerate(algos):
+        g = per_run[per_run.algorithm == algorithm]
+        x = _jitter(g.setting.to_numpy(dtype=float), i, len(algos))
+        hit = g.collapsed.to_numpy(dtype=bool)
+        ax.scatter(x[hit], g.steps_to_collapse[hit], color=colors[algorithm], label=algorithm, s=18)
+        ax.scatter(x[~hit], g.steps_run[~hit], facecolors="none", edgecolors=colors[algorithm], s=18)
+    _log_x(ax, set(per_run.setting))
+    ax.set(xlabel=sweep, ylabel="step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{suite}: steps to collapse (filled); hollow = not collapsed by its last step", fontsize=10)
+    return png_bytes(fig)
+
+
+def trajectory_figure(runs: list[Run], suite: str, sweep: str, key: str, ylabel: str, colors: dict) -> bytes:
+    """One panel per setting, one line per algorithm: the mean over runs alive at each step."""
+    finished = [r for r in runs if not r.is_base and r.suite == suite and r.state in FINISHED and key in r.metrics]
+    settings = sorted({r.setting(sweep) for r in finished}, key=lambda s: (str(type(s)), s))
+    fig = new_figure(3.6 * max(len(settings), 1), 3.4)
+    axes = np.atleast_1d(fig.subplots(1, max(len(settings), 1), sharey=True))
+    grouped = defaultdict(list)
+    for r in finished:
+        grouped[r.setting(sweep), r.algorithm_name].append(r.metrics.set_index("step")[key])
+    for ax, setting in zip(axes, settings, strict=False):
+        for (s, algorithm), columns in sorted(grouped.items(), key=lambda kv: str(kv[0])):
+            if s == setting:
+                wide = pd.concat(columns, axis=1).apply(pd.to_numeric, errors="coerce")
+                ax.plot(wide.index, wide.mean(axis=1), color=colors[algorithm], label=algorithm, linewidth=1.3)
+        ax.set(title=f"{sweep} = {_fmt_setting(setting)}", xlabel="step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    if key == "actor/grad_norm":
+        for ax in axes:
+            ax.set_yscale("log")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6))
+    fig.suptitle(f"{suite}: {ylabel}, mean over the runs still training at each step")
+    return png_bytes(fig)
+
+
+def taxonomy_figure(runs: list[Run], suite: str, sweep: str, colors: dict) -> bytes:
+    """Rows = settings, columns = the four token bins: each bin's share of the gradient mass over
+    training, one line per algorithm."""
+    finished = [r for r in runs if not r.is_base and r.suite == suite and r.state in FINISHED]
+    settings = sorted({r.setting(sweep) for r in finished}, key=lambda s: (str(type(s)), s))
+    fig = new_figure(3.2 * len(BINS), 2.4 * max(len(settings), 1) + 0.8)
+    axes = np.atleast_2d(fig.subplots(max(len(settings), 1), len(BINS), sharex=True, sharey=True, squeeze=False))
+    for row, setting in enumerate(settings):
+        for col, b in enumerate(BINS):
+            ax = axes[row, col]
+            key = f"taxonomy/{b}_grad_mass"
+            for algorithm in sorted({r.algorithm_name for r in finished}):
+                cols = [r.metrics.set_index("step")[key] for r in finished
+                        if r.setting(sweep) == setting and r.algorithm_name == algorithm and key in r.metrics]
+                if cols:
+                    wide = pd.concat(cols, axis=1).apply(pd.to_numeric, errors="coerce")
+                    ax.plot(wide.index, wide.mean(axis=1), color=colors[algorithm], label=algorithm, linewidth=1.1)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(f"{b} gradient mass", fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"{sweep} = {_fmt_setting(setting)}", fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6))
+    fig.suptitle(f"{suite}: token-taxonomy share of the gradient mass over training (mean over runs)")
+    return png_bytes(fig)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def report(runs: list[Run], sweep: str, header: str, *, baseline: str = "grpo",
+           reps: int = REPS) -> tuple[dict[str, str], dict[str, bytes]]:
+    """({stress.md, stress.csv, stress_runs.csv: text}, {figures/stress_*.png: PNG})."""
+    per_run = run_frame(runs, sweep)
+    if per_run.empty:
+        return {}, {}
+    cells = cell_frame(per_run, baseline, reps)
+    colors = colors_for(per_run.algorithm)
+    texts = {
+        "stress.md": markdown(runs, per_run, cells, header, sweep, baseline),
+        "stress.csv": cells.to_csv(index=False, float_format="%.6g", lineterminator="\n"),
+        "stress_runs.csv": per_run.to_csv(index=False, float_format="%.6g", lineterminator="\n"),
+    }
+    figures = {}
+    for suite in sorted(set(per_run.suite)):
+        c, p = cells[cells.suite == suite], per_run[per_run.suite == suite]
+        figures[f"figures/stress_{suite}_collapse.png"] = rate_figure(c, suite, sweep, colors, "collapse_rate", ("collapse_low", "collapse_high"), "collapse rate")
+        figures[f"figures/stress_{suite}_heldout.png"] = rate_figure(c, suite, sweep, colors, "heldout", ("heldout_low", "heldout_high"), f"held-out {METRIC}")
+        figures[f"figures/stress_{suite}_steps.png"] = steps_figure(p, suite, sweep, colors)
+        figures[f"figures/stress_{suite}_entropy.png"] = trajectory_figure(runs, suite, sweep, "actor/entropy", "token entropy", colors)
+        figures[f"figures/stress_{suite}_grad_norm.png"] = trajectory_figure(runs, suite, sweep, "actor/grad_norm", "gradient norm", colors)
+        figures[f"figures/stress_{suite}_taxonomy.png"] = taxonomy_figure(runs, suite, sweep, colors)
+    return texts, figures
