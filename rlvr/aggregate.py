@@ -587,11 +587,13 @@ def provenance_lines(runs: list[Run]) -> list[str]:
     commits = distinct(str(r.provenance.get("commit", "unknown"))[:12] for r in trained)
     train_s = sum(w for r in runs if not r.is_base and not math.isnan(w := r.wall_s()))
     sft_s = sum(w for r in runs if r.is_base and not math.isnan(w := r.wall_s()))
+    eval_s = sum(d["seconds"] for r in runs for d in r.evals.values() if is_number(d.get("seconds")))
     return [
         "",
         f"Runs made with {versions}; device {devices}; training precision {precision}; "
-        f"run commits {commits}. Wall time: training {train_s / 60:.1f} min summed over "
-        f"{len(trained)} runs, SFT of the bases {sft_s / 60:.1f} min (evaluation not included).",
+        f"run commits {commits}. Wall time, summed over jobs: training {train_s / 60:.1f} min "
+        f"({len(trained)} runs), SFT of the bases {sft_s / 60:.1f} min, lm-eval scoring "
+        f"{eval_s / 60:.1f} min (model loading and process start-up not included).",
     ]
 
 

@@ -376,6 +376,27 @@ def test_evaluate_checkpoints_for_a_curve(tmp_path, shipped_data, tiny_checkpoin
 
 
 @pytest.mark.slow
+def test_eval_curve_scores_every_checkpoint_of_a_run(tmp_path, shipped_data, tiny_checkpoints) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    for step, ckpt in ((5, tiny_checkpoints[0]), (10, tiny_checkpoints[1])):
+        shutil.copytree(ckpt, run / "hf_checkpoints" / f"step_{step:06d}")
+    shutil.copytree(tiny_checkpoints[0], run / "final")
+    cfg = eval_cfg(tmp_path, shipped_data, "eval.suites=[math]", "eval.limit=4", "eval.k=2", "eval.curve=true",
+                   f"eval.out={run / 'curve'}")
+    with pytest.raises(FileNotFoundError, match="no hf_checkpoints"):
+        ev.evaluate_curve(eval_cfg(tmp_path / "empty", shipped_data, "eval.curve=true"))
+    (run / "status.json").write_text(json.dumps({"state": "completed", "step": 12, "steps_run": 12}))
+    summary = ev.evaluate_curve(cfg)["math"]
+    assert [p["step"] for p in summary["points"]] == [5, 10, 12]
+    assert json.loads((run / "curve" / "math.json").read_text()) == summary
+    # final/ is a copy of step 5's weights: the same greedy score
+    assert summary["points"][2]["metrics"]["pass@1"] == summary["points"][0]["metrics"]["pass@1"]
+    assert json.loads((run / "curve" / "final" / "math.json").read_text())["n"] == 4
+
+
+@pytest.mark.slow
 def test_sampling_is_seeded(tmp_path, shipped_data, tiny_checkpoints) -> None:
     """Same seed, same completions; greedy completions do not depend on the seed."""
     from lm_eval.evaluator import simple_evaluate

@@ -1,6 +1,7 @@
 """The slurm profile on a real single-node Slurm: `snakemake --profile slurm all` as a user types it,
 on the smallest matrix (config/ci_slurm.yaml), every rule submitted through sbatch."""
 
+import base64
 import json
 import os
 import shutil
@@ -73,4 +74,18 @@ def test_slurm_profile_runs_the_minimal_matrix(slurm):
     # every rule went through sbatch: the plugin keeps one log per submitted job (rule_<name>/...)
     slurm_logs = list((ROOT / ".snakemake/slurm_logs").rglob("*.log"))
     rules = {part for p in slurm_logs for part in p.parts if part.startswith("rule_")}
-    assert rules >= {"rule_data", "rule_base", "rule_train", "rule_evaluate", "rule_aggregate"}, rules
+    assert rules >= {"rule_data", "rule_base", "rule_train", "rule_evaluate", "rule_curve", "rule_aggregate"}, rules
+    # the learning curve of grpo (checkpoints at steps 1, 2 and final/ at 3) and its fit
+    curve = json.loads((run / "curve/math.json").read_text())
+    assert [p["step"] for p in curve["points"]] == [1, 2, 3]
+    assert "| grpo | 1 |" in (ROOT / ".tmp/results_ci_slurm/scaling.md").read_text()
+    # Snakemake's own report: one HTML page that embeds every figure the aggregate wrote
+    report = ROOT / ".tmp/results_ci_slurm/report.html"
+    made = subprocess.run(["snakemake", "--report", str(report), "--configfile", "config/ci_slurm.yaml"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-3000:]
+    html = report.read_text()
+    figures = sorted((ROOT / ".tmp/results_ci_slurm/figures").glob("*.png"))
+    assert {f.name for f in figures} >= {"math_entropy.png", "performance_profile.png", "math_scaling.png"}
+    for figure in figures:
+        assert base64.b64encode(figure.read_bytes()).decode() in html, figure.name

@@ -15,6 +15,14 @@ import yaml
 
 from rlvr import aggregate as agg
 
+PROVENANCE = {
+    "device": {"kind": "cpu", "name": "AMD EPYC", "torch_capability": "AVX512", "bf16_flags": ["avx512_bf16"]},
+    "precision": {"train.precision": {"requested": "fp32", "used": "fp32"}},
+    "versions": {"torch": "2.13.0+cpu", "transformers": "5.24.0", "deepspeed": "0.19.8", "vllm": None,
+                 "lm-eval": "0.4.13", "peft": "0.21.2", "math-verify": "0.9.0"},
+}
+
+
 def approx(expected):
     return pytest.approx(expected, abs=1e-5)  # stress.csv holds 6 significant digits
 
@@ -46,7 +54,8 @@ def build(root):
                 write_json(run / "status.json", {"state": state, "step": steps, "steps_run": steps, "wall_s": 30.0,
                                                  "reason": "entropy explosion: ..." if algo == "grpo" else None})
                 (run / "config.yaml").write_text(yaml.safe_dump({"algorithm": {"name": algo}, "train": {"lr": 1e-3}}))
-                write_json(run / "eval" / "math.json", {"metrics": {"pass@1": HELDOUT[algo, model]}})
+                write_json(run / "eval" / "math.json", {"metrics": {"pass@1": HELDOUT[algo, model]}, "seconds": 5.0})
+                write_json(run / "provenance.json", PROVENANCE | {"commit": "abc" if seed else "def"})
     return root / "runs"
 
 
@@ -109,3 +118,13 @@ def test_stress_md_names_the_rule_and_the_bases(stress_out):
     assert "Training wall time of these runs: 6.0 min summed" in text  # 12 runs × 30 s
     per_run = pd.read_csv(out / "stress_runs.csv")
     assert len(per_run) == 12 and set(per_run.model) == set(BASES)
+
+
+def test_headers_name_versions_devices_commits_and_wall_time(stress_out):
+    out, _ = stress_out
+    for name in ("stress.md", "leaderboard.md", "stability.md"):
+        text = (out / name).read_text()
+        assert ("Runs made with torch 2.13.0+cpu, transformers 5.24.0, deepspeed 0.19.8, vllm not installed, "
+                "lm-eval 0.4.13, peft 0.21.2, math-verify 0.9.0; device AMD EPYC (AVX512; avx512_bf16); "
+                "training precision fp32; run commits abc (8 runs) / def (4 runs).") in text, name
+        assert "training 6.0 min (12 runs)" in text and "lm-eval scoring 1.0 min" in text
