@@ -47,9 +47,15 @@ def test_each_algorithm_runs_two_steps(sft_base, math_data, tmp_path, algo):
         "train.steps=2",
         "rollout.prompts_per_step=8",
     )
-    assert status["state"] == "completed" and status["step"] == 2
+    assert status["state"] == "completed" and status["step"] == 2 and status["wall_s"] > 0
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2]
+    # the rollout compute of the scaling fits: every token sampled, refill rounds included
+    G = load_config(None, []).rollout.group_size
+    for r in rows:
+        sampled = r["rollout/generated_tokens"] / r["rollout/length_mean"]  # completions, all rounds
+        assert sampled == pytest.approx(round(sampled)) and round(sampled) % G == 0, r
+        assert round(sampled) == 8 * G if r["rollout/gen_rounds"] == 1 else round(sampled) > 8 * G
     for key in (
         "rollout/reward_mean",
         "rollout/frac_zero_std_groups",
@@ -145,7 +151,7 @@ def test_sigkill_sigterm_and_relaunch_give_identical_metrics(sft_base, math_data
     # rows written when SIGTERM is sent: random, each before the last step has started (a SIGTERM
     # during step 10 lets the run complete, with nothing left to resume)
     first = random.randint(1, 4)
-    stops, last = [first, random.randint(first + 2, 8)], 0
+    stops, last, last_wall = [first, random.randint(first + 2, 8)], 0, 0.0
     for rows in stops:
         proc = rlvr_train(log, *run_overrides(sft_base, math_data, preempted, *common))
         # past the resumed step: the loop (and its handler) is running, not the model loading
@@ -154,6 +160,8 @@ def test_sigkill_sigterm_and_relaunch_give_identical_metrics(sft_base, math_data
         assert proc.wait() == 75, (stops, tail(log))
         status = json.loads((preempted / "status.json").read_text())
         assert status["state"] == "preempted" and status["step"] >= rows, (stops, status)
+        assert status["wall_s"] > last_wall, status  # adds up over launches
+        last_wall = status["wall_s"]
         assert (preempted / "checkpoints" / f"step_{status['step']:06d}").is_dir()
         assert len((preempted / "metrics.jsonl").read_text().splitlines()) == status["step"]
         last = status["step"]
