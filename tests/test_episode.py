@@ -6,7 +6,14 @@ import json
 import pytest
 
 from rlvr.retrieval import BM25Retriever
-from rlvr.rollout.episode import INVALID, EpisodeSettings, cut_after_action, episode_stats, parse_action, run_episodes
+from rlvr.rollout.episode import (
+    INVALID,
+    EpisodeSettings,
+    cut_after_action,
+    episode_stats,
+    parse_action,
+    run_episodes,
+)
 
 
 @pytest.fixture(scope="module")
