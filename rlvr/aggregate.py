@@ -45,6 +45,8 @@ from rlvr.runs import (
     BASE_LABEL,
     EDGE,
     FINISHED,
+    PRIMARY_METRIC,
+    TAXONOMY_BINS,
     Run,
     discover_runs,
     eval_scores,
@@ -61,7 +63,7 @@ CURVES = {  # figure name -> (metrics key, axis label)
     "reward": ("rollout/reward_mean", "mean reward"),
     "grad_norm": ("actor/grad_norm", "gradient norm (before clipping)"),
 }
-BINS = ("pos_peak", "pos_valley", "neg_peak", "neg_valley")
+BINS = TAXONOMY_BINS
 TAXONOMY = [f"{b}_frac" for b in BINS] + [f"{b}_grad_mass" for b in BINS]
 PER_RUN = ["steps_to_collapse", "entropy_ratio", "grad_norm_max", "reward_peak", "reward_final"]
 STABILITY_COLUMNS = [
@@ -72,7 +74,6 @@ STABILITY_COLUMNS = [
 KEYS = ["suite", "eval_suite", "family", "algorithm", "metric"]
 LEADERBOARD_COLUMNS = [*KEYS, "mean", "ci_low", "ci_high", "std", "iqm", "iqm_low", "iqm_high", "n"]
 MIN_RUNS_FOR_BOLD = 3  # below it a full separation happens by chance too often (1 in 6 at 2 vs 2)
-PRIMARY_METRIC = "pass@1"
 VERSION_KEYS = ("torch", "transformers", "deepspeed", "vllm", "lm-eval", "peft", "math-verify")
 
 

@@ -24,8 +24,8 @@ import pandas as pd
 from rlvr.intervals import CONFIDENCE, SEED, Estimate
 from rlvr.plots import colors_for, new_figure, png_bytes
 from rlvr.runs import FINISHED, Run, eval_scores, read_json, series
+from rlvr.runs import PRIMARY_METRIC as METRIC
 
-METRIC = "pass@1"
 FIT_REPS = 200  # refits per interval: each is a small least-squares problem
 PARAMS = ("A", "B", "C_mid")
 

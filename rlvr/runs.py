@@ -25,6 +25,8 @@ BASE_LABEL = "base (before RL)"
 FINISHED = ("completed", "collapsed")
 SEED_DIR = re.compile(r"seed(\d+)")
 EDGE = 3  # steps averaged for a run's "initial" and "final" values
+PRIMARY_METRIC = "pass@1"  # the score the all-tasks table, the stress tables and the scaling fits use
+TAXONOMY_BINS = ("pos_peak", "pos_valley", "neg_peak", "neg_valley")  # rlvr/stats.py's token_taxonomy
 
 
 @dataclass

@@ -28,9 +28,9 @@ import pandas as pd
 from rlvr.intervals import REPS, Estimate, estimate, improvement, wilson
 from rlvr.plots import colors_for, new_figure, png_bytes
 from rlvr.runs import EDGE, FINISHED, Run, eval_scores, series
+from rlvr.runs import PRIMARY_METRIC as METRIC
+from rlvr.runs import TAXONOMY_BINS as BINS
 
-METRIC = "pass@1"
-BINS = ("pos_peak", "pos_valley", "neg_peak", "neg_valley")
 CELL = ["suite", "family", "algorithm", "setting"]
 
 
