@@ -20,10 +20,19 @@ class Rollouts:
     sampling_logp: torch.Tensor  # [N, T] float: log-prob under the sampling distribution
     truncated: torch.Tensor  # [N] bool: no EOS within the budget
     texts: list[str]  # decoded completions (special tokens removed)
+    # [N, T] float: the tokens the update trains on and its statistics count, where they differ
+    # from completion_mask: a search episode's injected passages are in the completion (attended
+    # to) but not the model's own (zero here). None: completion_mask.
+    loss_mask: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
+
+    @property
+    def model_mask(self) -> torch.Tensor:
+        """The model's own tokens: loss_mask, or completion_mask when there is none."""
+        return self.completion_mask if self.loss_mask is None else self.loss_mask
 
 
 class RolloutEngine(Protocol):
@@ -106,6 +115,7 @@ def cat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
         torch.cat([right(p.sampling_logp, T, 0) for p in parts]),
         torch.cat([p.truncated for p in parts]),
         [t for p in parts for t in p.texts],
+        None if all(p.loss_mask is None for p in parts) else torch.cat([right(p.model_mask, T, 0) for p in parts]),
     )
 
 
@@ -119,4 +129,5 @@ def select_rows(r: Rollouts, idx: torch.Tensor) -> Rollouts:
         r.sampling_logp[idx],
         r.truncated[idx],
         [r.texts[j] for j in i],
+        None if r.loss_mask is None else r.loss_mask[idx],
     )

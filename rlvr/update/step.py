@@ -181,7 +181,7 @@ class PolicyUpdate:
         """The rollout/trainer mismatch correction of the whole batch (rlvr/update/correction.py)."""
         c = self.cfg.correction
         return mismatch_correction(
-            before["logp"], batch.rollouts.sampling_logp, batch.rollouts.completion_mask,
+            before["logp"], batch.rollouts.sampling_logp, batch.rollouts.model_mask,
             c.tis_cap if c.tis else None, tuple(c.seq_band) if c.seq_mask else None,
         )  # fmt: skip
 
@@ -190,7 +190,7 @@ class PolicyUpdate:
         before the update), or from this forward when on-policy (`recorder` keeps them). `fix`,
         the mismatch correction: its dropped completions leave the mask, its token weights scale
         the gradient of the current log-probs."""
-        r, mask = batch.rollouts, batch.rollouts.completion_mask
+        r, mask = batch.rollouts, batch.rollouts.model_mask
         if fix is not None:
             mask = mask * fix.keep[:, None].to(mask)
         extra = {}
@@ -244,7 +244,7 @@ class PolicyUpdate:
 
     def batch_statistics(self, batch: Batch, before: dict, step: int) -> dict[str, float]:
         """Statistics of the batch under the policy that sampled it (`before` the update)."""
-        r, mask = batch.rollouts, batch.rollouts.completion_mask
+        r, mask = batch.rollouts, batch.rollouts.model_mask
         ent0 = (before["entropy"] * mask).sum() / mask.sum().clamp(min=1)
         metrics = {"actor/entropy": float(ent0)}
         metrics.update(token_taxonomy(batch.adv, mask, before["p_token"], before["collision"]))
