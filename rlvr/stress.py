@@ -225,7 +225,9 @@ def rate_figure(cells: pd.DataFrame, suite: str, sweep: str, colors: dict, colum
     ax.set(xlabel=sweep, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{suite}: {ylabel} (95% interval, n = {int(cells.runs.max())} runs per point)", fontsize=10)
+    low, high = int(cells.runs.min()), int(cells.runs.max())
+    runs = f"{low}" if low == high else f"{low}–{high}"
+    ax.set_title(f"{suite}: {ylabel} (95% interval, n = {runs} runs per point)", fontsize=10)
     return png_bytes(fig)
 
 
