@@ -105,8 +105,9 @@ def test_continuous_measures_with_the_base_as_a_factor(stress_out):
     assert (grpo.heldout, grpo.heldout_low, grpo.heldout_high) == approx((0.3, 0.2, 0.4))
     assert (grpo.heldout_change, grpo.heldout_change_low, grpo.heldout_change_high) == approx((-0.1, -0.1, -0.1))
     assert wapo.heldout_change == approx(0.05)
-    # wapo .35 beats grpo .2 but not .4; .55 beats both: 27 of 36 pairs
-    assert wapo.p_heldout_over_baseline == approx(0.75) and pd.isna(grpo.p_heldout_over_baseline)
+    # within each base wapo beats grpo in every pair (.35 > .2, .55 > .4): 1; pooling the bases
+    # instead would compare b0's wapo .35 with b1's grpo .4 and dilute it to 27/36
+    assert wapo.p_heldout_over_baseline == approx(1.0) and pd.isna(grpo.p_heldout_over_baseline)
 
 
 def test_stress_md_names_the_rule_and_the_bases(stress_out):
