@@ -39,7 +39,7 @@ from rlvr.intervals import (
     supported_best,
     wilson,
 )
-from rlvr.io import atomic_write_bytes, atomic_write_text
+from rlvr.io import atomic_write_bytes, atomic_write_text, csv_text
 from rlvr.plots import PALETTE, colors_for, new_figure, png_bytes
 from rlvr.runs import (
     BASE_LABEL,
@@ -65,6 +65,7 @@ CURVES = {  # figure name -> (metrics key, axis label)
 }
 BINS = TAXONOMY_BINS
 TAXONOMY = [f"{b}_frac" for b in BINS] + [f"{b}_grad_mass" for b in BINS]
+# per-run measures, in the order of the stability table's columns
 PER_RUN = ["steps_to_collapse", "entropy_ratio", "grad_norm_max", "reward_peak", "reward_final"]
 STABILITY_COLUMNS = [
     "suite", "family", "algorithm", "runs", "collapsed", "collapse_rate", "collapse_rate_low",
@@ -392,7 +393,7 @@ def stability_row(suite: str, family: str, algorithm: str, group: list[Run], rep
     }
     for k in PER_RUN:
         est = estimate(per_run[k].dropna().to_numpy(), reps=reps)
-        row |= {k: est.point, f"{k}_low": est.low, f"{k}_high": est.high, f"{k}_n": est.n}
+        row |= est.columns(k)
     row.update({k: series(steps, f"taxonomy/{k}").mean() for k in TAXONOMY})
     return row
 
@@ -414,13 +415,6 @@ def _num(value: float, digits: int = 3) -> str:
     return "—" if pd.isna(value) else f"{value:.{digits}f}"
 
 
-def _est(row: pd.Series, key: str, digits: int = 3) -> str:
-    n = row.get(f"{key}_n", 0)
-    if pd.isna(row[key]) or not n:
-        return "—"
-    return Estimate(row[key], row[f"{key}_low"], row[f"{key}_high"], int(n)).text(digits)
-
-
 def stability_tables(pooled: pd.DataFrame) -> list[str]:
     """Two markdown tables for one suite: collapse/entropy/reward, and the token taxonomy."""
     head = "| algorithm | runs | collapse rate | collapse 95% | steps to collapse | entropy final/initial | max grad norm | reward peak | reward final |"
@@ -428,9 +422,8 @@ def stability_tables(pooled: pd.DataFrame) -> list[str]:
     tax = ["| algorithm | " + " | ".join(TAXONOMY) + " |", "|" + "---|" * (1 + len(TAXONOMY))]
     for _, r in pooled.iterrows():
         band = "—" if pd.isna(r.collapse_rate_low) else f"[{r.collapse_rate_low:.2f}, {r.collapse_rate_high:.2f}]"
-        main.append(f"| {r.algorithm} | {r.runs} | {r.collapse_reasons} | {band} | {_est(r, 'steps_to_collapse', 1)} | "
-                    f"{_est(r, 'entropy_ratio')} | {_est(r, 'grad_norm_max')} | {_est(r, 'reward_peak')} | "
-                    f"{_est(r, 'reward_final')} |")
+        per_run = [Estimate.from_columns(r, k).text(1 if k == "steps_to_collapse" else 3) for k in PER_RUN]
+        main.append("| " + " | ".join([r.algorithm, str(r.runs), r.collapse_reasons, band, *per_run]) + " |")
         tax.append(f"| {r.algorithm} | " + " | ".join(_num(r[k]) for k in TAXONOMY) + " |")
     return ["\n".join(main), "Token taxonomy (mean over all steps of all runs):", "\n".join(tax)]
 
@@ -560,10 +553,6 @@ def _sorted_board(board: pd.DataFrame) -> pd.DataFrame:
     return board.sort_values(KEYS, key=key, kind="stable")
 
 
-def _csv(frame: pd.DataFrame) -> str:
-    return frame.to_csv(index=False, float_format="%.6g", lineterminator="\n")
-
-
 def provenance_lines(runs: list[Run]) -> list[str]:
     """What the runs were made with, from their provenance.json and status.json: package
     versions, devices, training precision, commits, and the summed wall time."""
@@ -631,9 +620,9 @@ def aggregate(
     stab_header = make_header("Stability", name, command, config_name, [*made_with, "", *collapse_thresholds(runs)])
     texts = {
         "leaderboard.md": leaderboard_markdown(runs, board, scores, header, baseline=baseline, sweep=sweep, reps=reps),
-        "leaderboard.csv": _csv(_sorted_board(board)),
+        "leaderboard.csv": csv_text(_sorted_board(board)),
         "stability.md": stability_markdown(runs, stability, stab_header),
-        "stability.csv": _csv(stability),
+        "stability.csv": csv_text(stability),
     }
     figures = write_figures(runs)
     if (profile := profile_figure(scores, reps)) is not None:

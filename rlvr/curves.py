@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from rlvr.intervals import CONFIDENCE, SEED, Estimate
+from rlvr.io import csv_text
 from rlvr.plots import colors_for, new_figure, png_bytes
 from rlvr.runs import FINISHED, Run, eval_scores, read_json, series
 from rlvr.runs import PRIMARY_METRIC as METRIC
@@ -217,6 +218,6 @@ def report(runs: list[Run], header: str, *, reps: int = FIT_REPS) -> tuple[dict[
         warnings.simplefilter("ignore", RuntimeWarning)
         fits = fit_frame(groups, min(reps, FIT_REPS))
     texts = {"scaling.md": markdown(fits, header),
-             "scaling.csv": fits.to_csv(index=False, float_format="%.6g", lineterminator="\n")}
+             "scaling.csv": csv_text(fits)}
     figures = {f"figures/{suite}_scaling.png": figure(groups, fits, suite) for suite in sorted({s for s, _ in groups})}
     return texts, figures

@@ -49,6 +49,16 @@ class Estimate:
         d = max(digits - 1, 1)
         return f"{self.point:.{digits}f} [{self.low:.{d}f}, {self.high:.{d}f}] n={self.n}"
 
+    def columns(self, name: str) -> dict[str, float]:
+        """How a table row stores it: {name, name_low, name_high, name_n}."""
+        return {name: self.point, f"{name}_low": self.low, f"{name}_high": self.high, f"{name}_n": self.n}
+
+    @classmethod
+    def from_columns(cls, row, name: str) -> Estimate:
+        """The estimate `columns(name)` stored in a table row (a dict or a pandas row)."""
+        n = row.get(f"{name}_n", 0)
+        return cls(row[name], row[f"{name}_low"], row[f"{name}_high"], 0 if n != n else int(n))
+
 
 NO_ESTIMATE = Estimate(math.nan, math.nan, math.nan, 0)
 

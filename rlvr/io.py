@@ -1,4 +1,5 @@
-"""Atomic file writes: a killed job never leaves a half-written output."""
+"""Atomic file writes (a killed job never leaves a half-written output), and the one CSV format
+of the tables in results/."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+
+def csv_text(frame) -> str:
+    """A table of results/ as CSV text: no index, 6 significant digits, \\n line ends."""
+    return frame.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -20,12 +20,12 @@ figures/stress_<suite>_{collapse,heldout,steps,entropy,grad_norm,taxonomy}.png.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import numpy as np
 import pandas as pd
 
 from rlvr.intervals import REPS, Estimate, estimate, improvement, wilson
+from rlvr.io import csv_text
 from rlvr.plots import colors_for, new_figure, png_bytes
 from rlvr.runs import EDGE, FINISHED, Run, eval_scores, series
 from rlvr.runs import PRIMARY_METRIC as METRIC
@@ -110,7 +110,7 @@ def cell_row(key: tuple, group: pd.DataFrame, reference: pd.DataFrame | None, re
     }
     for column in ("reward_change", "heldout", "heldout_change"):
         est = estimate(by_base(group, column), reps=reps)
-        row |= {column: est.point, f"{column}_low": est.low, f"{column}_high": est.high, f"{column}_n": est.n}
+        row |= est.columns(column)
     if reference is not None:
         # per base, then averaged over the bases (rliable's tasks): a run is compared with the
         # baseline's runs from its own base, so the base-to-base gap does not dilute the answer
@@ -132,12 +132,6 @@ def cell_frame(per_run: pd.DataFrame, baseline: str, reps: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _est(row: pd.Series, column: str, digits: int = 3) -> str:
-    if pd.isna(row.get(column)):
-        return "—"
-    return Estimate(row[column], row[f"{column}_low"], row[f"{column}_high"], int(row[f"{column}_n"])).text(digits)
-
-
 def _fmt_setting(value) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
@@ -157,8 +151,8 @@ def suite_table(cells: pd.DataFrame, sweep: str, baseline: str) -> str:
             versus = Estimate(r.p_heldout_over_baseline, r.p_low, r.p_high, int(r.runs)).text(2)
         lines.append(
             f"| {r.algorithm} | {_fmt_setting(r.setting)} | {r.runs} | {r.collapsed}/{r.runs} = {r.collapse_rate:.2f} "
-            f"[{r.collapse_low:.2f}, {r.collapse_high:.2f}] | {steps} | {_est(r, 'reward_change')} | {half} | "
-            f"{_est(r, 'heldout')} | {_est(r, 'heldout_change')} | {versus} |"
+            f"[{r.collapse_low:.2f}, {r.collapse_high:.2f}] | {steps} | {Estimate.from_columns(r, 'reward_change').text()} | {half} | "
+            f"{Estimate.from_columns(r, 'heldout').text()} | {Estimate.from_columns(r, 'heldout_change').text()} | {versus} |"
         )
     return "\n".join(lines)
 
@@ -256,20 +250,31 @@ def steps_figure(per_run: pd.DataFrame, suite: str, sweep: str, colors: dict) ->
     return png_bytes(fig)
 
 
+def _settings(runs: list[Run], sweep: str) -> list:
+    return sorted({r.setting(sweep) for r in runs}, key=lambda s: (str(type(s)), s))
+
+
+def _mean_over_runs(runs: list[Run], key: str) -> pd.Series | None:
+    """Per step, the mean of `key` over the runs that logged it there (None if none did)."""
+    columns = [r.metrics.set_index("step")[key] for r in runs if key in r.metrics]
+    return pd.concat(columns, axis=1).apply(pd.to_numeric, errors="coerce").mean(axis=1) if columns else None
+
+
+def _plot_algorithms(ax, runs: list[Run], key: str, colors: dict, linewidth: float) -> None:
+    for algorithm in sorted({r.algorithm_name for r in runs}):
+        mean = _mean_over_runs([r for r in runs if r.algorithm_name == algorithm], key)
+        if mean is not None:
+            ax.plot(mean.index, mean, color=colors[algorithm], label=algorithm, linewidth=linewidth)
+
+
 def trajectory_figure(runs: list[Run], suite: str, sweep: str, key: str, ylabel: str, colors: dict) -> bytes:
     """One panel per setting, one line per algorithm: the mean over runs alive at each step."""
     finished = [r for r in runs if not r.is_base and r.suite == suite and r.state in FINISHED and key in r.metrics]
-    settings = sorted({r.setting(sweep) for r in finished}, key=lambda s: (str(type(s)), s))
+    settings = _settings(finished, sweep)
     fig = new_figure(3.6 * max(len(settings), 1), 3.4)
     axes = np.atleast_1d(fig.subplots(1, max(len(settings), 1), sharey=True))
-    grouped = defaultdict(list)
-    for r in finished:
-        grouped[r.setting(sweep), r.algorithm_name].append(r.metrics.set_index("step")[key])
     for ax, setting in zip(axes, settings, strict=False):
-        for (s, algorithm), columns in sorted(grouped.items(), key=lambda kv: str(kv[0])):
-            if s == setting:
-                wide = pd.concat(columns, axis=1).apply(pd.to_numeric, errors="coerce")
-                ax.plot(wide.index, wide.mean(axis=1), color=colors[algorithm], label=algorithm, linewidth=1.3)
+        _plot_algorithms(ax, [r for r in finished if r.setting(sweep) == setting], key, colors, 1.3)
         ax.set(title=f"{sweep} = {_fmt_setting(setting)}", xlabel="step")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(ylabel)
@@ -287,19 +292,13 @@ def taxonomy_figure(runs: list[Run], suite: str, sweep: str, colors: dict) -> by
     """Rows = settings, columns = the four token bins: each bin's share of the gradient mass over
     training, one line per algorithm."""
     finished = [r for r in runs if not r.is_base and r.suite == suite and r.state in FINISHED]
-    settings = sorted({r.setting(sweep) for r in finished}, key=lambda s: (str(type(s)), s))
+    settings = _settings(finished, sweep)
     fig = new_figure(3.2 * len(BINS), 2.4 * max(len(settings), 1) + 0.8)
     axes = np.atleast_2d(fig.subplots(max(len(settings), 1), len(BINS), sharex=True, sharey=True, squeeze=False))
     for row, setting in enumerate(settings):
         for col, b in enumerate(BINS):
             ax = axes[row, col]
-            key = f"taxonomy/{b}_grad_mass"
-            for algorithm in sorted({r.algorithm_name for r in finished}):
-                cols = [r.metrics.set_index("step")[key] for r in finished
-                        if r.setting(sweep) == setting and r.algorithm_name == algorithm and key in r.metrics]
-                if cols:
-                    wide = pd.concat(cols, axis=1).apply(pd.to_numeric, errors="coerce")
-                    ax.plot(wide.index, wide.mean(axis=1), color=colors[algorithm], label=algorithm, linewidth=1.1)
+            _plot_algorithms(ax, [r for r in finished if r.setting(sweep) == setting], f"taxonomy/{b}_grad_mass", colors, 1.1)
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(f"{b} gradient mass", fontsize=9)
@@ -325,8 +324,8 @@ def report(runs: list[Run], sweep: str, header: str, *, baseline: str = "grpo",
     colors = colors_for(per_run.algorithm)
     texts = {
         "stress.md": markdown(runs, per_run, cells, header, sweep, baseline),
-        "stress.csv": cells.to_csv(index=False, float_format="%.6g", lineterminator="\n"),
-        "stress_runs.csv": per_run.to_csv(index=False, float_format="%.6g", lineterminator="\n"),
+        "stress.csv": csv_text(cells),
+        "stress_runs.csv": csv_text(per_run),
     }
     figures = {}
     for suite in sorted(set(per_run.suite)):
