@@ -5,7 +5,8 @@ Scores are matrices of runs × tasks (rliable's layout): a leaderboard cell is s
 trained from several bases is seeds × bases, the bases then resampled too (rliable's
 task_bootstrap), so base-to-base variance widens the interval instead of hiding in it; the
 aggregate row over suites × models is seeds × tasks. Every interval is a 95% percentile interval
-of the stratified bootstrap with a fixed seed, so the same runs give the same tables.
+of the stratified bootstrap with a fixed seed (see _seeded_rliable), so the same runs give the
+same tables.
 
     estimate(scores)                    mean or IQM with its interval
     improvement(x, y)                   P(X > Y) (Mann-Whitney, averaged over tasks) with its interval
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,8 +72,22 @@ def _rliable():
     return library, metrics
 
 
-def _random_state() -> np.random.RandomState:
-    return np.random.RandomState(SEED)
+@contextmanager
+def _seeded_rliable():
+    """rliable, seeded and quiet. Its bootstraps draw their indices from numpy's global RNG (the
+    random_state it takes reaches only arch, which never draws), so the global RNG is seeded for
+    the call and restored after: every interval is the same whatever ran before it. arch 7
+    deprecates the random_state rliable passes it: that warning is silenced."""
+    from rliable import library
+
+    state = np.random.get_state()
+    np.random.seed(SEED)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield library
+    finally:
+        np.random.set_state(state)
 
 
 def as_matrix(scores) -> np.ndarray:
@@ -81,12 +97,10 @@ def as_matrix(scores) -> np.ndarray:
 
 
 def _bootstrap(score_dict: Mapping, func, task_bootstrap: bool, reps: int) -> tuple[float, float]:
-    library, _ = _rliable()
-    with warnings.catch_warnings():  # arch 7 deprecates the random_state rliable passes it
-        warnings.simplefilter("ignore")
+    with _seeded_rliable() as library:
         _, intervals = library.get_interval_estimates(
             dict(score_dict), func, reps=reps, confidence_interval_size=CONFIDENCE,
-            task_bootstrap=task_bootstrap, random_state=_random_state(),
+            task_bootstrap=task_bootstrap, random_state=np.random.RandomState(SEED),
         )
     low, high = np.asarray(next(iter(intervals.values()))).ravel()[:2]
     return float(low), float(high)
@@ -141,9 +155,7 @@ def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> Estimate:
 
 def performance_profile(score_dict: Mapping[str, np.ndarray], taus: np.ndarray, *, reps: int = REPS):
     """{name: fraction of runs (over all tasks) scoring above each τ}, {name: (2, len(τ)) band}."""
-    library, _ = _rliable()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _seeded_rliable() as library:
         profiles, bands = library.create_performance_profile(
             {k: as_matrix(v) for k, v in score_dict.items()}, taus, reps=reps,
             confidence_interval_size=CONFIDENCE,

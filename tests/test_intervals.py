@@ -79,3 +79,14 @@ def test_performance_profile_counts_runs_above_each_threshold():
 def test_mismatched_tasks_are_refused():
     with pytest.raises(ValueError, match="same tasks"):
         iv.improvement(np.ones((3, 2)), np.ones((3, 1)))
+
+
+def test_an_interval_does_not_depend_on_what_ran_before_it():
+    # rliable draws its resamples from numpy's global RNG: the same runs must give the same table
+    scores = np.array([[0.40, 0.61], [0.45, 0.58], [0.39, 0.66]])
+    draws = []
+    for seed in (1, 2):
+        np.random.seed(seed)
+        draws.append((iv.estimate(scores), iv.estimate(scores[:, 0]), iv.improvement(scores, scores - 0.01)))
+        assert np.random.get_state()[1][0] == np.random.RandomState(seed).get_state()[1][0]  # restored
+    assert draws[0] == draws[1]
