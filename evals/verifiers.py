@@ -132,10 +132,14 @@ def normalize_answer(s: str) -> str:
 
 
 def extract_qa_answer(completion: str) -> str:
-    """The predicted span: the last \\boxed{} content if any; otherwise the first non-empty line
-    after the last "A:"; otherwise the first non-empty line of the completion."""
+    """The predicted span: the last <answer>...</answer> (a search episode's final answer), else
+    the last \\boxed{} content; otherwise the first non-empty line after the last "A:"; otherwise
+    the first non-empty line of the completion."""
     if not isinstance(completion, str):
         return ""
+    tagged = tagged_answer(completion)
+    if tagged is not None:
+        return tagged
     boxed = extract_boxed(completion)
     if boxed is not None:
         return boxed[:MAX_QA_PRED_CHARS]
@@ -179,8 +183,74 @@ def qa_f1(completion: str, answer: str | Sequence[str]) -> float:
         return 0.0
 
 
+# --- search episodes (rlvr/rollout/episode.py) -----------------------------------------------------
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# what an episode injects between the model's turns (the <information> block and Search-R1's
+# invalid-action notice; rlvr.rollout.episode writes both exactly so)
+_INJECTED = re.compile(
+    r"\n\n<information>.*?</information>\n\n|\nMy previous action is invalid\. .*? Let me try again\.\n",
+    re.DOTALL,
+)
+_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*>")
+FORMAT_WEIGHT = 0.3  # the seed's search reward: F1 + 0.3 × format (layer6ai-labs/wapo)
+
+
+def tagged_answer(completion: str) -> str | None:
+    """The content of the last complete <answer>...</answer>, or None."""
+    found = _ANSWER_TAG.findall(completion[-MAX_SCAN_CHARS:])
+    return found[-1].strip()[:MAX_QA_PRED_CHARS] if found else None
+
+
+def model_turns(completion: str) -> list[str]:
+    """A search episode's completion split back into the model's turns (the injected blocks
+    removed)."""
+    turns = _INJECTED.split(completion[-MAX_SCAN_CHARS:])
+    return turns[:-1] if len(turns) > 1 and not turns[-1].strip() else turns
+
+
+def search_format(completion: str, think: bool = False) -> float:
+    """The seed's format score: the share of model turns that are exactly `[<think>..</think>]
+    <search>..</search>` (the last may be `<answer>..</answer>` instead), with non-empty contents
+    holding no tags; `think` makes the reasoning block required (as the seed's prompt asks).
+    An episode of one turn scores 0 (it never searched)."""
+    turns = model_turns(completion)
+    if len(turns) < 2:
+        return 0.0
+    reasoning = r"<think>(.+?)</think>\s*" + ("" if think else "|")
+    good = 0
+    for i, turn in enumerate(turns):
+        actions = "search|answer" if i == len(turns) - 1 else "search"
+        m = re.fullmatch(rf"\s*(?:{reasoning})<({actions})>(.+?)</\2>\s*", turn, re.DOTALL)
+        parts = [] if m is None else [g for g in (m.group(1), m.group(3)) if g is not None]
+        good += bool(m) and all(p.strip() and not _TAG.search(p) for p in parts)
+    return good / len(turns)
+
+
+def _search_reward(completion: str, answer: str | Sequence[str], think: bool) -> float:
+    try:
+        pred = tagged_answer(completion)
+        f1 = 0.0 if pred is None else max((_f1(pred, g) for g in _golds(answer)), default=0.0)
+        return f1 + FORMAT_WEIGHT * search_format(completion, think)
+    except Exception:
+        return 0.0
+
+
+def search_f1(completion: str, answer: str | Sequence[str]) -> float:
+    """F1 of the final <answer> (0 without one) + 0.3 × the format score, <think> optional."""
+    return _search_reward(completion, answer, think=False)
+
+
+def search_f1_think(completion: str, answer: str | Sequence[str]) -> float:
+    """The seed's reward exactly: as search_f1, with a <think> block required in every turn."""
+    return _search_reward(completion, answer, think=True)
+
+
 Reward = Callable[[str, str], float]
-REWARDS: dict[str, Reward] = {"math": math_reward, "qa_em": qa_em, "qa_f1": qa_f1}
+REWARDS: dict[str, Reward] = {
+    "math": math_reward, "qa_em": qa_em, "qa_f1": qa_f1,
+    "search_f1": search_f1, "search_f1_think": search_f1_think,
+}  # fmt: skip
 
 
 def get_reward(name: str) -> Reward:

@@ -1,6 +1,7 @@
 """One CLI for every stage; the Snakemake rules call the same commands.
 
     rlvr data  --suite math --out data/math [--seed 0] [key=value ...]   (suite parameters)
+    rlvr index --corpus data/x/openbook/corpus.jsonl --out data/x/openbook/bm25/index.json
     rlvr sft   --config RUN.yaml [key.sub=value ...]
     rlvr train --config RUN.yaml [key.sub=value ...]
     rlvr eval  --config RUN.yaml [key.sub=value ...]   (eval.checkpoint, eval.suites, eval.k, ...)
@@ -23,8 +24,26 @@ def _cmd_data(args) -> None:
     from rlvr.data import write_suite
 
     params = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
-    write_suite(args.suite, args.out, seed=args.seed, **params)
-    print(f"wrote {args.out}/train.jsonl and {args.out}/test.jsonl")
+    paths = write_suite(args.suite, args.out, seed=args.seed, **params)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def _cmd_index(args) -> None:
+    """Build (or find) the BM25 index of a corpus in the folder of --out, and describe it there."""
+    import time
+    from pathlib import Path
+
+    from rlvr.io import atomic_write_json
+    from rlvr.retrieval import BM25Retriever, file_sha256
+
+    if not Path(args.corpus).is_file():
+        raise FileNotFoundError(f"--corpus: no such file {args.corpus!r}")
+    start = time.perf_counter()
+    retriever = BM25Retriever.open(args.corpus, Path(args.out).parent)
+    summary = {"corpus": args.corpus, "corpus_sha256": file_sha256(args.corpus), "documents": len(retriever.docs),
+               "retriever": "bm25s", "seconds": round(time.perf_counter() - start, 3)}
+    atomic_write_json(args.out, summary)
+    print(f"index: {summary['documents']} passages of {args.corpus} in {summary['seconds']} s")
 
 
 def _cmd_sft(args) -> None:
@@ -91,6 +110,7 @@ def _cmd_bench(args) -> None:
 
 COMMANDS = {
     "data": _cmd_data,
+    "index": _cmd_index,
     "sft": _cmd_sft,
     "train": _cmd_train,
     "eval": _cmd_eval,
@@ -107,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--out", required=True)
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("overrides", nargs="*", help="suite parameters as key=value")
+    index = sub.add_parser("index", help="build a search suite's BM25 index once (the DAG's index rule)")
+    index.add_argument("--corpus", required=True, help="JSONL corpus (FlashRAG / Search-R1 form)")
+    index.add_argument("--out", required=True, help="index.json to write; the index goes beside it")
     for name, text in (("sft", "SFT warm start of a base model"), ("train", "one RL run"),
                        ("eval", "score a checkpoint on suites through lm-eval")):
         p = sub.add_parser(name, help=text)

@@ -73,6 +73,55 @@ class VllmConfig(Section):
     )
 
 
+class RetrieverConfig(Section):
+    corpus: str | None = Field(
+        None,
+        description="A corpus in the FlashRAG / Search-R1 JSONL form ({id, contents: '\"Title\"\\ntext'} "
+        "per line), searched in process by BM25 (bm25s); its index is built once and cached.",
+    )
+    index_dir: str | None = Field(
+        None, description="Where the BM25 index is cached (default: <corpus dir>/bm25)."
+    )
+    url: str | None = Field(
+        None,
+        description="Instead of a corpus: a Search-R1 retrieval server's base URL (http://host:port; "
+        "the client posts to /retrieve), e.g. e5 over wiki-18 on a cluster.",
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Seconds a server may take to answer.")
+
+
+class EpisodeConfig(Section):
+    """A rollout's shape: one generation, or a search episode (rlvr/rollout/episode.py)."""
+
+    mode: Literal["single", "search"] = Field(
+        "single",
+        description="single: one generation per completion. search: the model writes "
+        "<search> q </search> (answered by <information>, the top-k passages) or "
+        "<answer> a </answer>, up to max_turns; the injected tokens are masked out of the loss.",
+    )
+    max_turns: int = Field(10, ge=1, description="Model turns per episode (the seed: 10).")
+    top_k: int = Field(3, ge=1, description="Passages per search (the seed: 3).")
+    max_turn_tokens: int | None = Field(
+        None, ge=1, description="Tokens one turn may generate (default: rollout.max_new_tokens); "
+        "the whole episode, injected tokens included, fits in rollout.max_new_tokens.",
+    )
+    max_query_chars: int = Field(512, ge=1, description="Longer queries are cut (and counted).")
+    max_information_chars: int = Field(
+        2000, ge=16, description="An <information> block's text is cut to this length."
+    )
+    retriever: RetrieverConfig = RetrieverConfig()
+
+    @model_validator(mode="after")
+    def _one_retriever(self):
+        r = self.retriever
+        if self.mode == "search" and (r.corpus is None) == (r.url is None):
+            raise ValueError(
+                "rollout.episode.mode=search needs exactly one of rollout.episode.retriever.corpus "
+                f"(a JSONL corpus, BM25) or .url (a Search-R1 server); got corpus={r.corpus!r} url={r.url!r}"
+            )
+        return self
+
+
 class RolloutConfig(Section):
     engine: Literal["auto", "native", "hf", "vllm"] = Field(
         "auto",
@@ -85,6 +134,7 @@ class RolloutConfig(Section):
     max_prompt_len: int = Field(64, ge=1, description="Prompts longer than this are rejected.")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    episode: EpisodeConfig = EpisodeConfig()
     vllm: VllmConfig = VllmConfig()
 
 

@@ -20,12 +20,17 @@ def write_suite(
     n_test: int | None = None,
     **params: Any,
 ) -> dict[str, Path]:
-    """Generate a suite and write out_dir/<split>.jsonl atomically; returns {split: path}."""
-    splits = get_suite(name).generate(n_train=n_train, n_test=n_test, seed=seed, **params)
+    """Generate a suite and write out_dir/<split>.jsonl atomically, and a search suite's
+    out_dir/corpus.jsonl; returns {split or "corpus": path}."""
+    suite = get_suite(name)
+    splits = suite.generate(n_train=n_train, n_test=n_test, seed=seed, **params)
     paths = {}
     for split, records in splits.items():
         paths[split] = Path(out_dir) / f"{split}.jsonl"
         atomic_write_jsonl(paths[split], (r.to_dict() for r in records))
+    if suite.corpus is not None:
+        paths["corpus"] = Path(out_dir) / "corpus.jsonl"
+        atomic_write_jsonl(paths["corpus"], suite.corpus(seed, **params))
     return paths
 
 

@@ -53,6 +53,16 @@ class Retriever(Protocol):
     def search(self, queries: list[str], k: int) -> list[list[Passage]]: ...
 
 
+def make_retriever(cfg) -> Retriever:
+    """The retriever of a RetrieverConfig (rlvr/config.py): BM25 over `corpus` (index cached in
+    index_dir, default <corpus dir>/bm25) or the Search-R1 server at `url`."""
+    if cfg.url:
+        return HTTPRetriever(cfg.url, cfg.timeout_s)
+    if not Path(cfg.corpus).is_file():
+        raise FileNotFoundError(f"rollout.episode.retriever.corpus: no such file {cfg.corpus!r}")
+    return BM25Retriever.open(cfg.corpus, cfg.index_dir or Path(cfg.corpus).parent / "bm25")
+
+
 def format_information(passages: list[Passage], max_chars: int) -> str:
     """The body of one <information> block, as Search-R1 writes it ("Doc 1(Title: T) text"),
     cut to max_chars; "No results." when the retriever found nothing."""

@@ -26,7 +26,9 @@ from rlvr.models import (
     save_checkpoint,
     use_bf16_friendly_attention,
 )
+from rlvr.retrieval import make_retriever
 from rlvr.rollout import make_rollout_engine
+from rlvr.rollout.episode import scripted_segments
 from rlvr.run_state import seed_everything
 
 
@@ -40,30 +42,50 @@ def build_base(cfg: RunConfig):
     raise ValueError("rlvr sft needs model.family (a tiny model) or model.name_or_path")
 
 
-def encode_examples(tok, records) -> list[tuple[list[int], int]]:
-    """(ids of prompt + solution + EOS, number of prompt tokens) per record."""
+def encode_examples(tok, records, cfg: RunConfig | None = None) -> list[tuple[list[int], list[bool]]]:
+    """(ids, which of them are trained on) per record: the prompt, then the worked solution and
+    EOS (metadata["solution"]), or for a search suite (metadata["actions"]) the worked episode:
+    the model's turns trained on, the passages the configured retriever returns for its
+    searches (rollout.episode) in between and not trained on, tokenized turn by turn as an
+    episode is."""
+    retriever = None
     out = []
     for r in records:
-        if "solution" not in r.metadata:
-            raise ValueError(
-                f"record {r.id!r} has no metadata.solution; SFT needs worked solutions"
-            )
         p = tok(r.prompt, add_special_tokens=False)["input_ids"]
-        c = tok(r.metadata["solution"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        out.append((p + c, len(p)))
+        if "actions" in r.metadata:
+            if cfg is None or cfg.rollout.episode.mode != "search":
+                raise ValueError(f"record {r.id!r} is a search episode (metadata.actions): SFT needs "
+                                 "rollout.episode.mode=search and its retriever")
+            retriever = retriever or make_retriever(cfg.rollout.episode.retriever)
+            segments = scripted_segments([tuple(a) for a in r.metadata["actions"]], retriever, cfg.rollout.episode)
+        elif "solution" in r.metadata:
+            segments = [(r.metadata["solution"], True)]
+        else:
+            raise ValueError(
+                f"record {r.id!r} has no metadata.solution or metadata.actions; SFT needs worked solutions"
+            )
+        ids, trained = list(p), [False] * len(p)
+        for text, by_model in segments:
+            seg = tok(text, add_special_tokens=False)["input_ids"]
+            ids += seg
+            trained += [by_model] * len(seg)
+        if "solution" in r.metadata:
+            ids, trained = ids + [tok.eos_token_id], trained + [True]
+        out.append((ids, trained))
     return out
 
 
-def collate(examples: list[tuple[list[int], int]], pad_id: int):
-    """Right-padded ids, attention mask and labels that score the completion only."""
+def collate(examples: list[tuple[list[int], list[bool]]], pad_id: int):
+    """Right-padded ids, attention mask and labels that score the trained tokens only."""
     width = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), width), pad_id)
     labels = torch.full((len(examples), width), -100)
     attn = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, (x, n_prompt) in enumerate(examples):
-        ids[i, : len(x)] = torch.tensor(x)
+    for i, (x, trained) in enumerate(examples):
+        row = torch.tensor(x)
+        ids[i, : len(x)] = row
         attn[i, : len(x)] = 1
-        labels[i, n_prompt : len(x)] = torch.tensor(x[n_prompt:])
+        labels[i, : len(x)] = torch.where(torch.tensor(trained), row, torch.full_like(row, -100))
     return ids, attn, labels
 
 
@@ -88,9 +110,10 @@ def sft(cfg: RunConfig) -> dict:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     records = load_records(cfg.data.train)
-    reward_fn = get_reward(cfg.data.reward or get_suite(cfg.data.suite).reward)
+    # "accuracy": the suite's correctness (EM for a search suite, whose reward adds a format score)
+    reward_fn = get_reward(get_suite(cfg.data.suite).correctness if not cfg.data.reward else cfg.data.reward)
     model, tok = build_base(cfg)
-    examples = encode_examples(tok, records)
+    examples = encode_examples(tok, records, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     eval_records = [
         records[i]

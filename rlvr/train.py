@@ -38,6 +38,7 @@ from rlvr.models import save_checkpoint as save_hf
 from rlvr.ranks import any_rank, gather_objects, is_main, launched_world_size, rank, world_size
 from rlvr.rollout import Rollouts, make_rollout_engine
 from rlvr.rollout.base import cat_rollouts, select_rows
+from rlvr.rollout.episode import episode_stats
 from rlvr.run_state import (
     MetricsLog,
     PromptSampler,
@@ -153,7 +154,7 @@ class Trainer:
         """Sample until the algorithm keeps P groups (or its refill budget runs out)."""
         P, G = self.cfg.rollout.prompts_per_step, self.cfg.rollout.group_size
         kept: list[Batch] = []
-        raw_rewards, all_gids, lengths, truncated = [], [], [], []
+        raw_rewards, all_gids, lengths, truncated, sampled, episodes = [], [], [], [], [], []
         n_kept_groups, rounds, next_gid = 0, 0, 0
         while True:
             want = P - n_kept_groups
@@ -169,6 +170,9 @@ class Trainer:
             all_gids.append(gids)
             lengths.append(roll.lengths)
             truncated.append(roll.truncated)
+            sampled.append(roll.model_mask.sum())  # the model's tokens, not injected ones
+            if roll.episode is not None:
+                episodes.append(roll)
             idx = keep.nonzero().squeeze(-1)
             if len(idx):
                 kept.append(Batch(select_rows(roll, idx), gids[idx], shaped[idx]))
@@ -188,9 +192,11 @@ class Trainer:
             "rollout/gen_rounds": rounds,
             # every completion sampled this step, refill rounds included: the rollout compute C
             # of the scaling-curve fits (rlvr/curves.py)
-            "rollout/generated_tokens": int(torch.cat(lengths).sum()),
+            "rollout/generated_tokens": int(sum(sampled)),
             "actor/kept_frac": n_kept_groups * G / len(rewards),
         }
+        if episodes:
+            stats |= episode_stats(cat_rollouts(episodes, self.tok.pad_token_id))
         if not kept:
             return None, stats
         batch = Batch(

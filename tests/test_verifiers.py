@@ -99,8 +99,30 @@ def test_qa_em_and_f1() -> None:
     assert qa_em(r"\boxed{Ogden, Utah}", ["Ogden", "Ogden, Utah"]) == 1.0  # aliases
 
 
+def test_search_reward_is_answer_f1_plus_0_3_format() -> None:
+    from evals.verifiers import model_turns, search_f1, search_f1_think, search_format
+    from rlvr.config import EpisodeConfig
+    from rlvr.retrieval import Passage
+    from rlvr.rollout.episode import INVALID, information
+
+    info = information([Passage("1", "Bako", "Bako lives in Varno.", 1.0)], EpisodeConfig())
+    clean = "<search>Bako</search>" + info + "<search>Varno</search>" + info + "<answer>Kesmark</answer>"
+    assert model_turns(clean) == ["<search>Bako</search>", "<search>Varno</search>", "<answer>Kesmark</answer>"]
+    assert search_f1(clean, "Kesmark") == pytest.approx(1.3)
+    assert search_f1_think(clean, "Kesmark") == 1.0  # the seed's format needs <think> in every turn
+    # 3 turns, the middle one malformed: format 2/3; "Kes mark" shares no token with "Kesmark"
+    messy = "<think>a</think><search>Bako</search>" + info + "junk" + INVALID + "<think>b</think> <answer>Kes mark</answer>"
+    assert search_format(messy) == search_format(messy, think=True) == pytest.approx(2 / 3)
+    assert search_f1(messy, "Kesmark") == pytest.approx(0.3 * 2 / 3)
+    # precision 2/3, recall 1: F1 = 2·(2/3)/(2/3 + 1) = 0.8
+    assert search_f1("<search>x</search>" + info + "<answer>New York City</answer>", "York City") == pytest.approx(0.8 + 0.3)
+    assert search_f1("<answer>Kesmark</answer>", "Kesmark") == 1.0  # one turn never searched: format 0
+    assert search_f1("<search>Bako</search>" + info + "Kesmark", "Kesmark") == pytest.approx(0.3 * 1 / 2)  # no <answer>
+    assert search_format("<search>a <b>c</b></search>" + info + "<answer>x</answer>") == 0.5  # tags inside
+
+
 def test_reward_registry() -> None:
-    assert set(REWARDS) == {"math", "qa_em", "qa_f1"}
+    assert set(REWARDS) == {"math", "qa_em", "qa_f1", "search_f1", "search_f1_think"}
     assert get_reward("qa_f1") is qa_f1
     with pytest.raises(ValueError, match="math.*qa_em.*qa_f1"):
         get_reward("nope")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evals.schema import Record
-from evals.suites import closedbook, loaders, multihop
+from evals.suites import closedbook, loaders, multihop, openbook
 from evals.suites import math as math_suite
 
 Splits = dict[str, list[Record]]
@@ -35,6 +35,15 @@ class Suite:
     generate: Callable[..., Splits]
     rewards: tuple[str, ...] = field(default=())  # every reward that applies to this suite
     description: str = ""
+    # the reward whose value 1 is "correct" (SFT's sampled accuracy); default: `reward`
+    correct: str | None = None
+    # search suites: (seed, **params) -> the passages of their corpus ({"id", "contents"}), which
+    # `rlvr data` writes beside the splits; episodes search it (rollout.episode.mode=search)
+    corpus: Callable[..., list[dict]] | None = None
+
+    @property
+    def correctness(self) -> str:
+        return self.correct or self.reward
 
 
 def _benchmark_generate(name: str) -> Callable[..., Splits]:
@@ -78,6 +87,16 @@ SUITES: dict[str, Suite] = {
         closedbook.generate,
         _QA_REWARDS,
         "synthetic closed-book multi-hop QA over a fixed knowledge base",
+    ),
+    "openbook": Suite(
+        "openbook",
+        "qa",
+        "search_f1",
+        openbook.generate,
+        ("search_f1", "search_f1_think", *_QA_REWARDS),
+        "synthetic open-book multi-hop QA: search episodes over the closedbook knowledge base",
+        correct="qa_em",
+        corpus=openbook.corpus,
     ),
     **{
         b.name: Suite(

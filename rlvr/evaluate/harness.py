@@ -208,6 +208,9 @@ def _eos_token(checkpoint: Path) -> str | None:
 def _load_lm(cfg: RunConfig, checkpoint: Path):
     """The lm-eval model for eval.backend (auto: native where the decoder supports the model,
     else hf); its `rlvr_backend` attribute names the backend used."""
+    if cfg.eval.backend == "vllm" and cfg.rollout.episode.mode == "search":
+        raise ValueError("eval.backend=vllm runs single-turn tasks; search episodes evaluate with "
+                         "eval.backend=auto|native|hf (training rollouts may still use vllm)")
     if cfg.eval.backend == "vllm":
         lm = _load_vllm(cfg, checkpoint)
         lm.rlvr_backend = "vllm"
@@ -223,6 +226,12 @@ def _load_lm(cfg: RunConfig, checkpoint: Path):
     model, tok = load_model_and_tokenizer(checkpoint)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     native = picks_native(cfg.eval.backend, unsupported_reason(model))
+    if cfg.rollout.episode.mode == "search":  # every request is a search episode
+        from rlvr.evaluate.episode_lm import EpisodeLM
+
+        lm = EpisodeLM(model, tok, cfg, engine="native" if native else "hf")
+        lm.rlvr_backend = f"episode+{'native' if native else 'hf'}"
+        return lm
     if native:
         from rlvr.evaluate.native_lm import NativeHFLM
 

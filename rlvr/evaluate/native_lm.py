@@ -35,7 +35,7 @@ class NativeHFLM(HFLM):
         mask = kwargs.get("attention_mask")
         mask = torch.ones_like(context) if mask is None else mask
         temperature = float(kwargs.get("temperature") or 0.0) if kwargs.get("do_sample") else 0.0
-        tokens, _ = self.decoder.decode(
+        tokens, _, _ = self.decoder.decode(
             context, mask, max_length - context.shape[1], temperature, kwargs.get("top_p") or 1.0
         )
         return torch.cat([context, tokens], 1)

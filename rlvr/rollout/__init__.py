@@ -4,6 +4,7 @@
     native.py  rlvr's KV-cached decoder for Llama/Qwen2 (the fast CPU path)
     hf.py      transformers generate, for any model
     vllm.py    vLLM, colocated with the trainer (GPU; imported only when selected)
+    episode.py multi-turn search episodes on top of any of them (rollout.episode.mode=search)
 
 `auto` (the default) is native where it applies, else hf.
 """
@@ -20,6 +21,17 @@ __all__ = ["HFRolloutEngine", "NativeRolloutEngine", "RolloutEngine", "Rollouts"
 
 
 def make_rollout_engine(cfg: RolloutConfig, model, tok, policy=None, **kwargs) -> RolloutEngine:
+    """The engine of rollout.engine, wrapped in search episodes when rollout.episode.mode=search."""
+    engine = _make_sampler(cfg, model, tok, policy, **kwargs)
+    if cfg.episode.mode == "search":
+        from rlvr.retrieval import make_retriever
+        from rlvr.rollout.episode import EpisodeEngine
+
+        return EpisodeEngine(engine, tok, cfg, make_retriever(cfg.episode.retriever))
+    return engine
+
+
+def _make_sampler(cfg: RolloutConfig, model, tok, policy=None, **kwargs) -> RolloutEngine:
     """`auto`: the native decoder when it supports the model, else transformers generate."""
     bf16 = bool(policy and policy.autocast)
     if cfg.engine in ("auto", "native"):

@@ -24,6 +24,9 @@ class Rollouts:
     # from completion_mask: a search episode's injected passages are in the completion (attended
     # to) but not the model's own (zero here). None: completion_mask.
     loss_mask: torch.Tensor | None = None
+    # per-row counters of a search episode ({"turns": [N] float, ...}; rlvr/rollout/episode.py),
+    # None for single-turn rollouts
+    episode: dict[str, torch.Tensor] | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -35,29 +38,73 @@ class Rollouts:
         return self.completion_mask if self.loss_mask is None else self.loss_mask
 
 
+@dataclass
+class Turn:
+    """One row's continuation of its context (RolloutEngine.extend): the sampled tokens, up to
+    and including EOS or a stop string's last token (a stop string may also end mid-list: the
+    caller cuts), and their sampling log-probs."""
+
+    ids: list[int]
+    logps: list[float]
+
+
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[str], n: int, seeds: list[int]) -> Rollouts:
         """Sample `n` completions for each prompt; completions of prompt i are rows i*n..i*n+n-1,
         drawn with prompt i's seed `seeds[i]` (native and vllm: whatever else is in the batch)."""
 
+    def extend(self, contexts: list[list[int]], seeds: list[int], max_new_tokens: int,
+               temperature: float, stop: tuple[str, ...] = ()) -> list[Turn]:
+        """Continue each token-id context by up to max_new_tokens (temperature 0: greedy), row i
+        drawn with seeds[i]; a row stops at EOS or once its text ends a `stop` string. The turn
+        primitive of multi-turn episodes (rlvr/rollout/episode.py)."""
+
     def sync_weights(self) -> None:
         """Make the engine sample from the policy's current weights."""
+
+    def sleep(self) -> None:
+        """Free accelerator memory until the next call (vLLM's sleep mode); a no-op elsewhere."""
 
     def close(self) -> None:
         """Release what the engine holds, while the process group still exists."""
 
 
-def row_uniforms(seeds: list[int], n: int, steps: int) -> torch.Tensor:
-    """[len(seeds)·n, steps] uniforms in [0, 1): row j of prompt i from its own generator, seeded
-    by (seeds[i], j), so a completion's draw does not depend on the other rows of its batch
-    (which rank of a data-parallel run samples it, or how the prompts are batched)."""
-    out = torch.empty(len(seeds) * n, steps)
+def row_seeds(seeds: list[int], n: int) -> list[int]:
+    """The seed of row j of prompt i, (seeds[i], j) folded into one int."""
+    return [(int(seed) * 1_000_003 + j) % 2**63 for seed in seeds for j in range(n)]
+
+
+def seeded_uniforms(seeds: list[int], steps: int) -> torch.Tensor:
+    """[len(seeds), steps] uniforms in [0, 1), row i from its own generator seeded by seeds[i],
+    so a row's draw does not depend on the other rows of its batch (which rank of a
+    data-parallel run samples it, or how the prompts are batched)."""
+    out = torch.empty(len(seeds), steps)
     gen = torch.Generator()
     for i, seed in enumerate(seeds):
-        for j in range(n):
-            gen.manual_seed((int(seed) * 1_000_003 + j) % 2**63)
-            out[i * n + j] = torch.rand(steps, generator=gen)
+        gen.manual_seed(int(seed) % 2**63)
+        out[i] = torch.rand(steps, generator=gen)
     return out
+
+
+def row_uniforms(seeds: list[int], n: int, steps: int) -> torch.Tensor:
+    """[len(seeds)·n, steps] uniforms: row j of prompt i seeded by (seeds[i], j)."""
+    return seeded_uniforms(row_seeds(seeds, n), steps)
+
+
+def left_pad(contexts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as left-padded ids and attention mask."""
+    width = max(len(c) for c in contexts)
+    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for i, c in enumerate(contexts):
+        if c:
+            ids[i, width - len(c) :] = torch.tensor(c, dtype=torch.long)
+            mask[i, width - len(c) :] = 1
+    return ids, mask
+
+
+def turns_from(tokens: torch.Tensor, logps: torch.Tensor, lengths: torch.Tensor) -> list[Turn]:
+    return [Turn(tokens[i, :n].tolist(), logps[i, :n].tolist()) for i, n in enumerate(lengths.tolist())]
 
 
 def completion_mask_from_ids(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +163,16 @@ def cat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
         torch.cat([p.truncated for p in parts]),
         [t for p in parts for t in p.texts],
         None if all(p.loss_mask is None for p in parts) else torch.cat([right(p.model_mask, T, 0) for p in parts]),
+        _cat_counters([p.episode for p in parts]),
     )
+
+
+def _cat_counters(parts: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor] | None:
+    if all(p is None for p in parts):
+        return None
+    if any(p is None for p in parts):
+        raise ValueError("cannot join search-episode rollouts with single-turn ones")
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def select_rows(r: Rollouts, idx: torch.Tensor) -> Rollouts:
@@ -130,4 +186,5 @@ def select_rows(r: Rollouts, idx: torch.Tensor) -> Rollouts:
         r.truncated[idx],
         [r.texts[j] for j in i],
         None if r.loss_mask is None else r.loss_mask[idx],
+        None if r.episode is None else {k: v[idx] for k, v in r.episode.items()},
     )

@@ -34,7 +34,16 @@ from rlvr.native.layers import (
     unique_prompts,
 )
 from rlvr.native.support import unsupported_reason
-from rlvr.rollout.base import Rollouts, encode_prompts, make_rollouts, row_uniforms
+from rlvr.rollout.base import (
+    Rollouts,
+    Turn,
+    encode_prompts,
+    left_pad,
+    make_rollouts,
+    row_uniforms,
+    seeded_uniforms,
+    turns_from,
+)
 
 
 def sample_tokens(
@@ -85,6 +94,9 @@ class NativeRolloutEngine:
     def close(self) -> None:  # holds nothing of its own
         pass
 
+    def sleep(self) -> None:  # no accelerator memory to free
+        pass
+
     def _forward(self, x, cos, signed_sin, layers, K, V, start: int, attn_bias) -> torch.Tensor:
         """One new token per row: run the decoder layers over x [N, h] at cache slot `start`.
 
@@ -120,20 +132,35 @@ class NativeRolloutEngine:
         ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len, n)
         dev = self.model.device
         uniforms = row_uniforms(seeds, n, self.cfg.max_new_tokens).to(dev)
-        tokens, logps = self.decode(
+        tokens, logps, _ = self.decode(
             ids.to(dev), mask.to(dev), self.cfg.max_new_tokens, self.cfg.temperature,
             self.cfg.top_p, uniforms,
         )  # fmt: skip
         return make_rollouts(self.tok, ids, mask, tokens.cpu(), logps.cpu())
 
     @torch.no_grad()
+    def extend(self, contexts: list[list[int]], seeds: list[int], max_new_tokens: int,
+               temperature: float, stop: tuple[str, ...] = ()) -> list[Turn]:
+        ids, mask = left_pad(contexts, self.tok.pad_token_id)
+        dev = self.model.device
+        # a stop string ends a row when the row's last tokens are its standalone tokenization
+        # (exact for the byte tokenizer); a tag tokenized otherwise is cut by the caller
+        stop_ids = [self.tok(s, add_special_tokens=False)["input_ids"] for s in stop]
+        tokens, logps, lengths = self.decode(
+            ids.to(dev), mask.to(dev), max_new_tokens, temperature, self.cfg.top_p,
+            seeded_uniforms(seeds, max_new_tokens).to(dev), stop_ids,
+        )  # fmt: skip
+        return turns_from(tokens.cpu(), logps.cpu(), lengths.cpu())
+
+    @torch.no_grad()
     def decode(
         self, ids, mask, max_new_tokens: int, temperature: float, top_p: float = 1.0,
-        uniforms: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        uniforms: torch.Tensor | None = None, stop_ids: list[list[int]] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Continue left-padded `ids` by up to max_new_tokens; temperature 0 is greedy. Returns
-        (tokens [N, T], their log-probs); a row that emitted EOS continues with padding, and
-        decoding stops early once every row has. Token t of row i is drawn with uniforms[i, t]
+        (tokens [N, T], their log-probs, each row's length [N]); a row ends at EOS or once its
+        last tokens are one of `stop_ids` (then continues with padding), and decoding stops early
+        once every row has. Token t of row i is drawn with uniforms[i, t]
         (rollout.base.row_uniforms), or from torch's global RNG when none are given."""
         N, P = ids.shape
         T, L = max_new_tokens, len(self.model.model.layers)
@@ -159,6 +186,8 @@ class NativeRolloutEngine:
         cos, signed_sin = rope_tables(m, hidden, positions)  # [N, T, D]: every step's at once
         cos, signed_sin = cos.transpose(0, 1).contiguous(), signed_sin.transpose(0, 1).contiguous()
         done = torch.zeros(N, dtype=torch.bool, device=dev)
+        lengths = torch.full((N,), T, dtype=torch.long, device=dev)
+        stops = [torch.tensor(s, device=dev) for s in stop_ids if s]
         tokens, logps = [], []
         for t in range(T):
             if temperature == 0:
@@ -170,7 +199,12 @@ class NativeRolloutEngine:
             tok = tok.masked_fill(done, self.tok.pad_token_id)  # finished rows emit padding
             tokens.append(tok)
             logps.append(logp)
-            done |= tok == self.tok.eos_token_id
+            ends = tok == self.tok.eos_token_id
+            for s in stops:
+                if t + 1 >= len(s):
+                    ends |= (torch.stack(tokens[-len(s) :], 1) == s).all(-1)
+            lengths.masked_fill_(ends & ~done, t + 1)
+            done |= ends
             if t == T - 1 or bool(done.all()):
                 break
             x = self._forward(
@@ -178,4 +212,4 @@ class NativeRolloutEngine:
                 key_bias[..., : P + t + 1],
             )
             logits = final_logits(m, x, head)
-        return torch.stack(tokens, 1), torch.stack(logps, 1)
+        return torch.stack(tokens, 1), torch.stack(logps, 1), lengths.clamp_(max=len(tokens))

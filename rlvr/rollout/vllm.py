@@ -23,7 +23,7 @@ import torch
 
 from rlvr.config import RolloutConfig
 from rlvr.device import size_vllm_cpu_kv_cache, vllm_platform
-from rlvr.rollout.base import Rollouts
+from rlvr.rollout.base import Rollouts, Turn
 
 
 class VLLMRolloutEngine:
@@ -130,6 +130,29 @@ class VLLMRolloutEngine:
         )
         self.sleep()  # free the GPU for the DeepSpeed update
         return self._to_rollouts(enc, outputs, n)
+
+    def extend(self, contexts: list[list[int]], seeds: list[int], max_new_tokens: int,
+               temperature: float, stop: tuple[str, ...] = ()) -> list[Turn]:
+        """One seeded request per context, stopping at EOS or a stop string (kept in the output:
+        the tokens that complete it are the row's last)."""
+        from vllm import SamplingParams
+
+        self.wake()
+        params = [
+            SamplingParams(
+                n=1, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_new_tokens,
+                logprobs=0, seed=int(seed), stop=list(stop) or None,
+                include_stop_str_in_output=True,
+            )
+            for seed in seeds
+        ]  # fmt: skip
+        outputs = self.llm.generate([{"prompt_token_ids": c} for c in contexts], params, use_tqdm=False)
+        turns = []
+        for out in outputs:
+            comp = out.outputs[0]
+            toks = list(comp.token_ids)
+            turns.append(Turn(toks, [d[t].logprob for d, t in zip(comp.logprobs or [], toks, strict=False)]))
+        return turns
 
     def _to_rollouts(self, enc, outputs, n) -> Rollouts:
         """vLLM returns each completion's tokens up to and including EOS; finish_reason 'length'

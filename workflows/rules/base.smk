@@ -3,6 +3,7 @@
 # only when its inputs or settings change.
 rule base:
     input:
+        lambda w: index_input(w.suite),
         train="data/{exp}/{suite}/train.jsonl",
     output:
         "runs/{exp}/{suite}/{model}/base/sft.json",

@@ -50,6 +50,22 @@ def data_paths(suite):
     return {split: f"data/{EXP}/{suite}/{split}.jsonl" for split in ("train", "test")}
 
 
+def searches(suite):
+    """A search suite (evals.suites: it ships a corpus): its runs are search episodes."""
+    from evals.suites import SUITES as REGISTRY
+
+    return suite in REGISTRY and REGISTRY[suite].corpus is not None
+
+
+def corpus_paths(suite):
+    return {"corpus": f"data/{EXP}/{suite}/corpus.jsonl", "index": f"data/{EXP}/{suite}/bm25/index.json"}
+
+
+def index_input(suite):
+    """What a stage of a search suite needs besides its data: the BM25 index built once."""
+    return [corpus_paths(suite)["index"]] if searches(suite) else []
+
+
 def is_tiny(model):
     return "family" in MODELS[model]
 
@@ -61,6 +77,11 @@ def base_checkpoint(suite, model):
 
 def base_input(w):
     return [f"runs/{EXP}/{w.suite}/{w.model}/base/sft.json"] if is_tiny(w.model) else []
+
+
+def stage_input(w):
+    """The base a run starts from and, for a search suite, its retriever's index."""
+    return base_input(w) + index_input(w.suite)
 
 
 def run_dir(suite, model, algo, seed):
@@ -80,6 +101,10 @@ def stage_overrides(suite, model, extra=None):
         config.get("run", {}), SUITES[suite].get("run", {}), MODELS[model].get("run", {}), extra or {}
     )
     data = {"data": {"suite": suite, "train": paths["train"], "test": paths["test"]}}
+    if searches(suite):  # episodes search the suite's corpus through the index the DAG built
+        where = corpus_paths(suite)
+        retriever = {"corpus": where["corpus"], "index_dir": os.path.dirname(where["index"])}
+        data["rollout"] = {"episode": {"mode": "search", "retriever": retriever}}
     return flatten(merged(settings, data))
 
 

@@ -1,6 +1,6 @@
 def eval_input(w):
     rdir = f"runs/{EXP}/{w.suite}/{w.model}/{w.runname}"
-    done = base_input(w) if w.runname == "base" else [f"{rdir}/status.json"]
+    done = (base_input(w) if w.runname == "base" else [f"{rdir}/status.json"]) + index_input(w.suite)
     return done + [data_paths(w.evalsuite)["test"]] if w.evalsuite in SUITES else done
 
 
@@ -47,6 +47,7 @@ rule curve:
     input:
         "runs/{exp}/{suite}/{model}/{algo}/seed{seed}/status.json",
         lambda w: data_paths(w.evalsuite)["test"],
+        lambda w: index_input(w.suite),
     output:
         "runs/{exp}/{suite}/{model}/{algo}/seed{seed}/curve/{evalsuite}.json",
     params:

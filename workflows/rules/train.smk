@@ -4,7 +4,7 @@
 # takes processes × train.threads cores (and one GPU per rank with accelerator: gpu).
 rule train:
     input:
-        base_input,
+        stage_input,
         train="data/{exp}/{suite}/train.jsonl",
     output:
         "runs/{exp}/{suite}/{model}/{algo}/seed{seed}/status.json",
