@@ -8,17 +8,19 @@ FlashRAG / Search-R1 form, and the model must look them up:
 
     Question: In which country does Bako live?
     <search>Bako</search>
-    <information>Doc 1(Title: Bako) Bako lives in Varno.</information>
+    <information>Doc 1(Title: Bako) Bako works in Lorn.
+    Doc 2(Title: Bako) Bako lives in Varno.</information>
     <search>Varno</search>
     <information>Doc 1(Title: Varno) Varno is in Kesmark.
-    Doc 2(Title: Tiru) Tiru lives in Varno.
-    Doc 3(Title: Lome) Lome lives in Varno.</information>
+    Doc 2(Title: Varno) Varno is by Norvia.
+    Doc 3(Title: Tiru) Tiru lives in Varno.</information>
     <answer>Kesmark</answer>
 
 (prompt "Question: <question>\\n"; metadata["actions"] = the worked episode's actions, which SFT
 turns into a trace with the very passages the configured retriever returns, injected blocks
-masked out of the loss.) The distractors are the other facts: a city's search also returns
-people who live there, ranked below the city's own fact. Train holds the 1-hop questions of the
+masked out of the loss.) Every fact has a distractor of the same subject that BM25 ranks level
+with it ("Bako works in Lorn.", "Varno is by Norvia."; which comes first varies), and a city's
+search also returns people who live or work there. Train holds the 1-hop questions of the
 cities and of the train people (one search) and the 2-hop questions of the train people; test
 holds the 2-hop questions of the others, who appear in no training prompt: their facts are only
 in the corpus, so a test question is answered only by two searches and reading the results.
@@ -60,12 +62,23 @@ def _record(question: str, actions: list[tuple[str, str]], answer: str, hops: in
 
 def corpus(seed: int = 0, *, n_people: int = 2000, n_cities: int = 32, n_countries: int = 8,
            test_frac: float = 0.5) -> list[dict[str, str]]:
-    """Every fact of the seed's KB as one passage {"id", "contents": '"<subject>"\\n<fact>'}."""
+    """Every fact of the seed's KB as one passage {"id", "contents": '"<subject>"\\n<fact>'}, each
+    with its distractor: a person also works in another city ("Bako works in Lorn."), a city is
+    also by another country ("Varno is by Norvia."). A fact and its distractor tie under BM25
+    (the same words but the relation's, which are stopwords or equally rare), and the passages are
+    in a seeded random order, so which of the two a search lists first varies: the model must
+    read the relation, not take Doc 1."""
     kb = knowledge_base(seed, n_people, n_cities, n_countries)
-    return [
-        {"id": f"fact-{i}", "contents": f'"{s}"\n{fact_text((s, rel, o))}'}
-        for i, ((s, rel), o) in enumerate(kb.facts.items())
-    ]
+    rng = random.Random(f"openbook-distractors-{seed}")
+    passages = []
+    for (s, rel), o in kb.facts.items():
+        passages.append((s, fact_text((s, rel, o))))
+        if rel == "lives_in":
+            passages.append((s, f"{s} works in {rng.choice([c for c in kb.entities['city'] if c != o])}."))
+        else:  # city_in
+            passages.append((s, f"{s} is by {rng.choice([c for c in kb.entities['country'] if c != o])}."))
+    rng.shuffle(passages)
+    return [{"id": f"p{i}", "contents": f'"{s}"\n{text}'} for i, (s, text) in enumerate(passages)]
 
 
 def generate(n_train: int | None = None, n_test: int | None = None, seed: int = 0, *,
