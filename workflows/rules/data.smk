@@ -10,14 +10,36 @@ rule data:
         "rlvr data --suite {wildcards.suite} --out data/{wildcards.exp}/{wildcards.suite} {params.args} > {log} 2>&1"
 
 
-# A search suite's retriever: the BM25 index of the corpus the data rule wrote, built once here
-# (not by each of the jobs that search it at once); index.json says what it indexed.
+# A search suite's data also holds its corpus (the passages its episodes search).
+SEARCH_SUITES = "|".join(s for s in SUITES if searches(s)) or "(?!)"
+
+
+rule data_search:
+    output:
+        train="data/{exp}/{suite}/train.jsonl",
+        test="data/{exp}/{suite}/test.jsonl",
+        corpus="data/{exp}/{suite}/corpus.jsonl",
+    wildcard_constraints:
+        suite=SEARCH_SUITES,
+    params:
+        args=lambda w: cli_args(flatten(SUITES[w.suite].get("params", {}))),
+    log:
+        "logs/{exp}/data/{suite}.log",
+    shell:
+        "rlvr data --suite {wildcards.suite} --out data/{wildcards.exp}/{wildcards.suite} {params.args} > {log} 2>&1"
+
+
+ruleorder: data_search > data
+
+
+# Its retriever: the BM25 index of the corpus, built once here (not by each of the jobs that
+# search it at once); index.json says what it indexed.
 rule index:
     input:
-        train="data/{exp}/{suite}/train.jsonl",
+        "data/{exp}/{suite}/corpus.jsonl",
     output:
         "data/{exp}/{suite}/bm25/index.json",
     log:
         "logs/{exp}/index/{suite}.log",
     shell:
-        "rlvr index --corpus data/{wildcards.exp}/{wildcards.suite}/corpus.jsonl --out {output} > {log} 2>&1"
+        "rlvr index --corpus {input} --out {output} > {log} 2>&1"
