@@ -30,7 +30,7 @@ def write_suite(
         atomic_write_jsonl(paths[split], (r.to_dict() for r in records))
     if suite.corpus is not None:
         paths["corpus"] = Path(out_dir) / "corpus.jsonl"
-        atomic_write_jsonl(paths["corpus"], suite.corpus(seed, **params))
+        atomic_write_jsonl(paths["corpus"], suite.corpus(seed, n_train, n_test, **params))
     return paths
 
 

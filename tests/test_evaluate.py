@@ -42,14 +42,20 @@ BENCH_FIXTURES = {
     "2wikimultihopqa": "2wikimultihopqa",
     "musique": "musique/validation.jsonl",
 }
-SHIPPED = tuple(sorted(set(SUITES) - set(BENCHMARKS)))  # generated suites, written to JSONL
-METRIC_OF_REWARD = {"math": "acc", "qa_em": "em", "qa_f1": "f1"}  # lm-eval metric per reward
+# the benchmarks in the retrieval setting: written to JSONL from the benchmark fixtures
+SEARCH_BENCH = {f"{b}_search": b for b in ("hotpotqa", "2wikimultihopqa", "musique")}
+SHIPPED = tuple(sorted(set(SUITES) - set(BENCHMARKS) - set(SEARCH_BENCH)))  # generated suites, written to JSONL
+# lm-eval metric per reward
+METRIC_OF_REWARD = {"math": "acc", "qa_em": "em", "qa_f1": "f1", "search_f1": "search_f1",
+                    "search_f1_think": "search_f1_think"}
 
 
 @pytest.fixture(scope="module")
 def shipped_data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("evaldata")
-    return {s: write_suite(s, root / s, seed=0, n_train=0, n_test=16)["test"] for s in SHIPPED}
+    shipped = {s: write_suite(s, root / s, seed=0, n_train=0, n_test=16)["test"] for s in SHIPPED}
+    return shipped | {s: write_suite(s, root / s, path=str(FIXTURES / b / "validation.jsonl"))["test"]
+                      for s, b in SEARCH_BENCH.items()}
 
 
 def suite_paths(shipped_data: dict[str, Path]) -> dict[str, Path]:
@@ -85,7 +91,8 @@ def test_one_task_template_per_suite() -> None:
         assert cfg["task"] == f"rlvr_{suite}"
         assert (cfg["doc_to_text"], cfg["doc_to_target"]) == ("prompt", "answer")
         assert cfg["output_type"] == "generate_until"
-        scorer = "process_math" if get_suite(suite).task == "math" else "process_qa"
+        searching = get_suite(suite).corpus is not None
+        scorer = "process_math" if get_suite(suite).task == "math" else "process_search" if searching else "process_qa"
         assert cfg["process_results"] == f"evals.tasks.utils.{scorer}"
 
 
@@ -201,7 +208,9 @@ def test_a_completion_scores_the_same_in_training_and_in_lm_eval(suite: str, shi
     rewards = get_suite(suite).rewards
     assert get_suite(suite).reward in rewards
     for doc in list(tasks.greedy.eval_docs)[:3]:
-        for text in MALFORMED + [doc.get("metadata", {}).get("solution", "")]:
+        worked = doc.get("metadata", {}).get("solution", "")
+        search = "<think>x</think><search>q</search>\n\n<information>Doc 1(Title: t) t</information>\n\n<answer>ANSWER</answer>"
+        for text in MALFORMED + [worked, search]:
             completion = text.replace("ANSWER", doc["answer"])
             got = tasks.greedy.process_results(doc, [[completion]])
             for reward in rewards:
@@ -243,7 +252,8 @@ class ScriptedLM(LM):
         super().__init__()
         by_suite = records_by_suite.values()
         self.index = {r.prompt: j for records in by_suite for j, r in enumerate(records)}
-        self.solution = {r.prompt: r.metadata["solution"] for rs in by_suite for r in rs}
+        # a search record's worked episode ends in its <answer>
+        self.solution = {r.prompt: r.metadata.get("solution", f"<answer>{r.answer}</answer>") for rs in by_suite for r in rs}
         self.samples_drawn: Counter[str] = Counter()
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evals.schema import Record
-from evals.suites import closedbook, loaders, multihop, openbook
+from evals.suites import closedbook, loaders, multihop, openbook, search
 from evals.suites import math as math_suite
 
 Splits = dict[str, list[Record]]
@@ -37,7 +37,7 @@ class Suite:
     description: str = ""
     # the reward whose value 1 is "correct" (SFT's sampled accuracy); default: `reward`
     correct: str | None = None
-    # search suites: (seed, **params) -> the passages of their corpus ({"id", "contents"}), which
+    # search suites: (seed, n_train, n_test, **params) -> the passages of their corpus ({"id", "contents"}), which
     # `rlvr data` writes beside the splits; episodes search it (rollout.episode.mode=search)
     corpus: Callable[..., list[dict]] | None = None
 
@@ -110,6 +110,18 @@ SUITES: dict[str, Suite] = {
         for b in loaders.BENCHMARKS.values()
     },
 }
+
+
+# the multi-hop benchmarks in the retrieval setting: bare questions, search episodes over their
+# pooled passages (evals/suites/search.py)
+SUITES.update({
+    f"{b}_search": Suite(
+        f"{b}_search", "qa", "search_f1", search.generator(b), ("search_f1", "search_f1_think", *_QA_REWARDS),
+        f"{loaders.BENCHMARKS[b].hf_id} in the retrieval setting (search episodes)",
+        correct="qa_em", corpus=search.corpus_of(b),
+    )
+    for b in search.BENCHMARKS
+})  # fmt: skip
 
 
 def available() -> list[str]:

@@ -11,7 +11,10 @@
 
 HotpotQA, 2Wiki and MuSiQue publish no answers for their test splits, so their validation split
 is our test split. Math prompts ask for the final answer in \\boxed{}; QA prompts list the context
-passages ("[i] Title: text"), the question, and ask for a short answer in \\boxed{}.
+passages ("[i] Title: text"), the question, and ask for a short answer in \\boxed{}. QA records
+also keep the question and its passages (metadata "question", "passages": [[title, text], ...]):
+the retrieval setting (evals/suites/search.py) pools the passages into a corpus and asks the
+bare question.
 
 `path=` reads a local copy instead of the hub, in the dataset's own schema:
   - a file (.jsonl, .json holding a list or one object per line, or .parquet): the rows of the
@@ -129,13 +132,16 @@ def _titled_context(row: Row) -> list[tuple[str, str]]:
 def _hotpot_like(source: str) -> Callable[[Row, str, int], Record]:
     def to_record(row: Row, split: str, i: int) -> Record:
         facts = _pairs(row.get("supporting_facts"), ("title", "sent_id"))
+        passages = _titled_context(row)
         return Record(
             id=str(row.get("id") or row.get("_id") or f"{source}-{split}-{i}"),
-            prompt=_qa_prompt(_titled_context(row), row["question"]),
+            prompt=_qa_prompt(passages, row["question"]),
             answer=str(row["answer"]).strip(),
             metadata={
                 "source": source,
                 "split": split,
+                "question": str(row["question"]).strip(),
+                "passages": [list(p) for p in passages],  # the retrieval setting pools these
                 "type": row.get("type"),
                 "level": row.get("level"),
                 "supporting_facts": [[str(t), int(s)] for t, s in facts],
@@ -149,13 +155,16 @@ def _musique(row: Row, split: str, i: int) -> Record:
     paragraphs = row.get("paragraphs") or []
     rid = str(row.get("id") or f"musique-{split}-{i}")
     hops = rid.split("hop")[0]  # ids look like "2hop__...", "3hop1__...", "4hop3__..."
+    passages = [(str(p["title"]), str(p["paragraph_text"])) for p in paragraphs]
     return Record(
         id=rid,
-        prompt=_qa_prompt([(p["title"], p["paragraph_text"]) for p in paragraphs], row["question"]),
+        prompt=_qa_prompt(passages, row["question"]),
         answer=str(row["answer"]).strip(),
         metadata={
             "source": "dgslibisey/MuSiQue",
             "split": split,
+            "question": str(row["question"]).strip(),
+            "passages": [list(p) for p in passages],
             "hops": int(hops) if hops.isdigit() else len(row.get("question_decomposition") or []),
             "answer_aliases": list(row.get("answer_aliases") or []),
             "supporting_idx": [p["idx"] for p in paragraphs if p.get("is_supporting")],

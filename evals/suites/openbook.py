@@ -60,14 +60,14 @@ def _record(question: str, actions: list[tuple[str, str]], answer: str, hops: in
     )  # fmt: skip
 
 
-def corpus(seed: int = 0, *, n_people: int = 2000, n_cities: int = 32, n_countries: int = 8,
-           test_frac: float = 0.5) -> list[dict[str, str]]:
+def corpus(seed: int = 0, n_train: int | None = None, n_test: int | None = None, *, n_people: int = 2000,
+           n_cities: int = 32, n_countries: int = 8, test_frac: float = 0.5) -> list[dict[str, str]]:
     """Every fact of the seed's KB as one passage {"id", "contents": '"<subject>"\\n<fact>'}, each
     with its distractor: a person also works in another city ("Bako works in Lorn."), a city is
     also by another country ("Varno is by Norvia."). A fact and its distractor tie under BM25
     (the same words but the relation's, which are stopwords or equally rare), and the passages are
     in a seeded random order, so which of the two a search lists first varies: the model must
-    read the relation, not take Doc 1."""
+    read the relation, not take Doc 1. The whole KB, whatever the split sizes."""
     kb = knowledge_base(seed, n_people, n_cities, n_countries)
     rng = random.Random(f"openbook-distractors-{seed}")
     passages = []

@@ -57,13 +57,24 @@ def searches(suite):
     return suite in REGISTRY and REGISTRY[suite].corpus is not None
 
 
+def retriever_url(*suites):
+    """A search server the config points these suites' episodes at (then no corpus is used)."""
+    for suite in suites:
+        settings = merged(config.get("run", {}), SUITES.get(suite, {}).get("run", {}))
+        if url := settings.get("rollout", {}).get("episode", {}).get("retriever", {}).get("url"):
+            return url
+    return None
+
+
 def corpus_paths(suite):
     return {"corpus": f"data/{EXP}/{suite}/corpus.jsonl", "index": f"data/{EXP}/{suite}/bm25/index.json"}
 
 
-def index_input(suite):
-    """What a stage of a search suite needs besides its data: the BM25 index built once."""
-    return [corpus_paths(suite)["index"]] if searches(suite) else []
+def index_input(suite, episodes=None):
+    """What a stage needs besides its data when its episodes search a corpus (`episodes`' own,
+    default the suite's): the BM25 index built once."""
+    episodes = episodes or suite
+    return [corpus_paths(episodes)["index"]] if searches(episodes) and not retriever_url(suite, episodes) else []
 
 
 def is_tiny(model):
@@ -93,18 +104,25 @@ def algo_entry(label):
     return entry.get("name", label), entry.get("hparams", {}), entry.get("run", {})
 
 
-def stage_overrides(suite, model, extra=None):
+def stage_overrides(suite, model, extra=None, episodes=None):
     """Run-config overrides every stage shares, later ones winning: the run section, the suite's,
-    the model's, then `extra` (an algorithm's), plus the suite's data paths."""
+    the model's, then `extra` (an algorithm's), plus the suite's data paths. A search suite's
+    (or `episodes`', an evaluation's) episodes search its corpus through the index the DAG
+    built, unless the config names a server (rollout.episode.retriever.url)."""
     paths = data_paths(suite)
     settings = merged(
         config.get("run", {}), SUITES[suite].get("run", {}), MODELS[model].get("run", {}), extra or {}
     )
     data = {"data": {"suite": suite, "train": paths["train"], "test": paths["test"]}}
-    if searches(suite):  # episodes search the suite's corpus through the index the DAG built
-        where = corpus_paths(suite)
-        retriever = {"corpus": where["corpus"], "index_dir": os.path.dirname(where["index"])}
+    episodes = episodes or suite
+    if searches(episodes):
+        retriever = {}
+        if not retriever_url(suite, episodes):
+            where = corpus_paths(episodes)
+            retriever = {"corpus": where["corpus"], "index_dir": os.path.dirname(where["index"])}
         data["rollout"] = {"episode": {"mode": "search", "retriever": retriever}}
+    elif searches(suite):  # a search-trained model evaluated on a single-turn suite
+        data["rollout"] = {"episode": {"mode": "single"}}
     return flatten(merged(settings, data))
 
 
@@ -161,10 +179,24 @@ def eval_suites(suite):
     return [suite] + list(SUITES[suite].get("eval", []))
 
 
+def has_data(suite):
+    """Suites whose files the data rules write: the trained ones and every search suite
+    (episodes read its JSONL and corpus); other benchmarks are read by lm-eval from the hub."""
+    return suite in SUITES or searches(suite)
+
+
+def suite_models(suite):
+    """The model labels trained on a suite: its `models:` list, or every model."""
+    labels = SUITES[suite].get("models") or list(MODELS)
+    if unknown := [m for m in labels if m not in MODELS]:
+        raise ValueError(f"suites.{suite}.models: {unknown} are not model labels of this config (labels: {list(MODELS)})")
+    return labels
+
+
 def all_evals():
     out = []
     for suite in SUITES:
-        for model in MODELS:
+        for model in suite_models(suite):
             runs = ["base"] + [f"{a}/seed{s}" for a in ALGOS for s in SEEDS]
             out += [f"runs/{EXP}/{suite}/{model}/{r}/eval/{e}.json" for r in runs for e in eval_suites(suite)]
     return out
@@ -177,16 +209,16 @@ if unknown := [c for c in CURVES if c not in ALGOS]:
 
 def all_curves():
     """Learning-curve files of the runs whose label is in config `curves` (own suite only)."""
-    return [f"{run_dir(s, m, a, seed)}/curve/{s}.json" for s in SUITES for m in MODELS for a in CURVES for seed in SEEDS]
+    return [f"{run_dir(s, m, a, seed)}/curve/{s}.json" for s in SUITES for m in suite_models(s) for a in CURVES for seed in SEEDS]
 
 
 def all_statuses():
-    return [f"{run_dir(s, m, a, seed)}/status.json" for s in SUITES for m in MODELS for a in ALGOS for seed in SEEDS]
+    return [f"{run_dir(s, m, a, seed)}/status.json" for s in SUITES for m in suite_models(s) for a in ALGOS for seed in SEEDS]
 
 
 # Fail at planning time, with the field named, if any run would get an invalid run config.
 for _suite in SUITES:
-    for _model in MODELS:
+    for _model in suite_models(_suite):
         for _algo in ALGOS:
             try:
                 load_config(None, stage_overrides(_suite, _model, algo_entry(_algo)[2]))

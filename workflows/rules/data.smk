@@ -3,7 +3,7 @@ rule data:
         train="data/{exp}/{suite}/train.jsonl",
         test="data/{exp}/{suite}/test.jsonl",
     params:
-        args=lambda w: cli_args(flatten(SUITES[w.suite].get("params", {}))),
+        args=lambda w: cli_args(flatten(SUITES.get(w.suite, {}).get("params", {}))),
     log:
         "logs/{exp}/data/{suite}.log",
     shell:
@@ -11,7 +11,8 @@ rule data:
 
 
 # A search suite's data also holds its corpus (the passages its episodes search).
-SEARCH_SUITES = "|".join(s for s in SUITES if searches(s)) or "(?!)"
+# (a search suite evaluated but not trained on is written here too: episodes need its files)
+SEARCH_SUITES = "|".join(sorted({s for t in SUITES for s in eval_suites(t) if searches(s)})) or "(?!)"
 
 
 rule data_search:
@@ -22,7 +23,7 @@ rule data_search:
     wildcard_constraints:
         suite=SEARCH_SUITES,
     params:
-        args=lambda w: cli_args(flatten(SUITES[w.suite].get("params", {}))),
+        args=lambda w: cli_args(flatten(SUITES.get(w.suite, {}).get("params", {}))),
     log:
         "logs/{exp}/data/{suite}.log",
     shell:
