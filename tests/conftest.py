@@ -75,3 +75,38 @@ def clean_env(**extra: str) -> dict[str, str]:
 def torchrun(n: int, *args: str) -> list[str]:
     """`torchrun --standalone --nproc_per_node=n ARGS` with this interpreter."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *args]
+
+
+# ---- search episodes: the openbook suite and a base that has seen a few hundred worked episodes
+
+@pytest.fixture(scope="session")
+def openbook(tmp_path_factory):
+    from rlvr.data import write_suite
+
+    out = tmp_path_factory.mktemp("openbook")
+    write_suite("openbook", out, seed=0, n_people=400)
+    return out
+
+
+def search_settings(data):
+    return [
+        "data.suite=openbook", "rollout.episode.mode=search", f"rollout.episode.retriever.corpus={data}/corpus.jsonl",
+        "rollout.max_new_tokens=320", "rollout.episode.max_turn_tokens=32", "rollout.episode.max_turns=4",
+        "train.threads=1",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def search_base(tmp_path_factory, openbook):
+    """A tiny Qwen2 that has seen a few hundred worked episodes: it searches, not yet well."""
+    from rlvr.config import load_config
+    from rlvr.sft import sft
+
+    out = tmp_path_factory.mktemp("search_base") / "qwen2"
+    cfg = load_config(None, [
+        "model.family=qwen2", "model.tiny.max_positions=512", f"data.train={openbook}/train.jsonl",
+        f"output_dir={out}", "sft.max_steps=200", "sft.batch_size=16", "sft.eval_every=200", "sft.eval_prompts=16",
+        "logging.progress=false", *search_settings(openbook),
+    ])  # fmt: skip
+    sft(cfg)
+    return out

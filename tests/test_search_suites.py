@@ -107,3 +107,27 @@ def test_lm_eval_runs_the_training_episode_and_scores_it_with_the_training_verif
     assert texts[-1] == greedy
     doc = {"answer": records[0].answer}
     assert process_qa(doc, [[texts[0]]])["em"] == qa_em(texts[0], records[0].answer)
+
+
+def test_the_paper_config_plans_the_seeds_search_qa_setting():
+    """`snakemake -n` on config/paper.yaml: Qwen3-4B trains on hotpotqa_search only, with 10
+    turns of top-3 passages from the configured server and the seed's reward; its evaluations
+    on the other two benchmarks search the same server (no corpus is indexed)."""
+    root = Path(__file__).resolve().parents[1]
+    bin_dir = Path(sys.executable).parent
+    done = subprocess.run(
+        [str(bin_dir / "snakemake"), "-n", "-p", "all", "--configfile", "config/paper.yaml"], cwd=root,
+        capture_output=True, text=True, env={**__import__("os").environ, "PATH": f"{bin_dir}:/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [line.removeprefix("Shell command: ") for line in done.stdout.splitlines() if line.startswith("Shell command: ")]
+    search_train = [line for line in lines if "rlvr train" in line and "data.suite=hotpotqa_search" in line]
+    assert len(search_train) == 4 * 3  # 4 algorithms × 3 seeds, one model
+    for want in ("model.name_or_path=Qwen/Qwen3-4B", "rollout.episode.mode=search", "rollout.episode.max_turns=10",
+                 "rollout.episode.top_k=3", "rollout.episode.retriever.url=http://127.0.0.1:8000",
+                 "data.reward=search_f1_think"):
+        assert all(want in line for line in search_train), want
+    assert not any("Qwen3-4B" in line and "data.suite=gsm8k" in line for line in lines)
+    cross = [line for line in lines if "rlvr eval" in line and '"2wikimultihopqa_search"' in line]
+    assert cross and all("retriever.url=" in line and "retriever.corpus" not in line for line in cross)
+    assert "rlvr index" not in done.stdout

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import torch
-from conftest import run_overrides
+from conftest import run_overrides, search_settings
 from test_train import rlvr_train, tail, wait_for_rows
 
 from rlvr.config import load_config
@@ -19,38 +19,6 @@ from rlvr.update import Policy
 import algorithms
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def openbook(tmp_path_factory):
-    from rlvr.data import write_suite
-
-    out = tmp_path_factory.mktemp("openbook")
-    write_suite("openbook", out, seed=0, n_people=400)
-    return out
-
-
-def search_settings(data):
-    return [
-        "data.suite=openbook", "rollout.episode.mode=search", f"rollout.episode.retriever.corpus={data}/corpus.jsonl",
-        "rollout.max_new_tokens=320", "rollout.episode.max_turn_tokens=32", "rollout.episode.max_turns=4",
-        "train.threads=1",
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def search_base(tmp_path_factory, openbook):
-    """A tiny Qwen2 that has seen a few hundred worked episodes: it searches, not yet well."""
-    from rlvr.sft import sft
-
-    out = tmp_path_factory.mktemp("search_base") / "qwen2"
-    cfg = load_config(None, [
-        "model.family=qwen2", "model.tiny.max_positions=512", f"data.train={openbook}/train.jsonl",
-        f"output_dir={out}", "sft.max_steps=200", "sft.batch_size=16", "sft.eval_every=200", "sft.eval_prompts=16",
-        "logging.progress=false", *search_settings(openbook),
-    ])  # fmt: skip
-    sft(cfg)
-    return out
 
 
 def test_a_search_run_is_deterministic_and_resumes_bit_identically(search_base, openbook, tmp_path):
@@ -102,3 +70,21 @@ def test_the_loss_gives_injected_tokens_exactly_zero_gradient(search_base, openb
     loss, _ = algo.policy_loss(logp, logp.detach(), adv, roll.model_mask, gids)
     (grad,) = torch.autograd.grad(loss, logp)
     assert (grad[injected] == 0).all() and (grad[own] != 0).any()
+
+
+def test_a_retriever_that_is_down_fails_the_run_with_the_reason(search_base, openbook, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = [x for x in search_settings(openbook) if "retriever.corpus" not in x]
+    log = tmp_path / "train.log"
+    proc = rlvr_train(log, *run_overrides(search_base, openbook, tmp_path / "run", "train.steps=2",
+                                          "rollout.prompts_per_step=2", "rollout.group_size=2", *settings,
+                                          f"rollout.episode.retriever.url=http://127.0.0.1:{port}",
+                                          "rollout.episode.retriever.timeout_s=2"))  # fmt: skip
+    assert proc.wait(timeout=300) != 0
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "failed" and "RetrieverError" in status["reason"], status
+    assert f"127.0.0.1:{port}" in status["reason"]

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TESTS, clean_env, run_overrides, torchrun
+from conftest import ROOT, TESTS, clean_env, run_overrides, search_settings, torchrun
 
 from rlvr.device import vllm_platform
 
@@ -74,3 +74,14 @@ def test_two_ranks_each_drive_their_own_engine(sft_base, math_data, tmp_path):
     assert done.stdout.count("train: completed at step 3") == 1 and "Error" not in done.stderr[-3000:]
     gaps = [r["rollout/logp_diff_max"] for r in rows]
     assert len(rows) == 3 and max(gaps) < GAP, gaps
+
+
+def test_search_episodes_run_on_the_engine(search_base, openbook, tmp_path):
+    """Multi-turn episodes through vLLM's token-level continuation (stop strings, one seeded
+    request per row): the engine's log-probs of its tokens, with the injected passages in the
+    context, equal the trainer's after every update."""
+    rows, _ = vllm_run(search_base, openbook, tmp_path, *search_settings(openbook), "rollout.prompts_per_step=4",
+                       "rollout.group_size=4")  # fmt: skip
+    assert sum(r["episode/searches"] for r in rows) > 0 and all(r["episode/injected_frac"] > 0 for r in rows)
+    gaps = [r["rollout/logp_diff_max"] for r in rows]
+    assert max(gaps) < GAP, gaps
