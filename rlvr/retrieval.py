@@ -53,13 +53,22 @@ class Retriever(Protocol):
     def search(self, queries: list[str], k: int) -> list[list[Passage]]: ...
 
 
+def check_retriever(episode) -> None:
+    """An EpisodeConfig's retriever, before any model loads: a corpus that is not there (a
+    server's reachability shows at its first search, with a timeout)."""
+    corpus = episode.retriever.corpus
+    if episode.mode == "search" and corpus and not Path(corpus).is_file():
+        raise FileNotFoundError(
+            f"rollout.episode.retriever.corpus: no such file {corpus!r} (a search suite's data rule "
+            "writes <data dir>/corpus.jsonl: `rlvr data --suite NAME --out DIR`)"
+        )
+
+
 def make_retriever(cfg) -> Retriever:
     """The retriever of a RetrieverConfig (rlvr/config.py): BM25 over `corpus` (index cached in
     index_dir, default <corpus dir>/bm25) or the Search-R1 server at `url`."""
     if cfg.url:
         return HTTPRetriever(cfg.url, cfg.timeout_s)
-    if not Path(cfg.corpus).is_file():
-        raise FileNotFoundError(f"rollout.episode.retriever.corpus: no such file {cfg.corpus!r}")
     return BM25Retriever.open(cfg.corpus, cfg.index_dir or Path(cfg.corpus).parent / "bm25")
 
 

@@ -26,7 +26,7 @@ from rlvr.models import (
     save_checkpoint,
     use_bf16_friendly_attention,
 )
-from rlvr.retrieval import make_retriever
+from rlvr.retrieval import check_retriever, make_retriever
 from rlvr.rollout import make_rollout_engine
 from rlvr.rollout.episode import scripted_segments
 from rlvr.run_state import seed_everything
@@ -110,6 +110,7 @@ def sft(cfg: RunConfig) -> dict:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     records = load_records(cfg.data.train)
+    check_retriever(cfg.rollout.episode)
     # "accuracy": the suite's correctness (EM for a search suite, whose reward adds a format score)
     reward_fn = get_reward(get_suite(cfg.data.suite).correctness if not cfg.data.reward else cfg.data.reward)
     model, tok = build_base(cfg)

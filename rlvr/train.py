@@ -34,6 +34,7 @@ from rlvr.data import load_records
 from rlvr.device import check_engines, provenance, resolve_precision
 from rlvr.io import atomic_write_json
 from rlvr.models import check_model_source, load_model_and_tokenizer
+from rlvr.retrieval import check_retriever
 from rlvr.models import save_checkpoint as save_hf
 from rlvr.ranks import any_rank, gather_objects, is_main, launched_world_size, rank, world_size
 from rlvr.rollout import Rollouts, make_rollout_engine
@@ -93,6 +94,7 @@ class Trainer:
         # algorithm, data, engines and the model's location are validated before any model loads
         check_ranks(cfg)
         check_engines(cfg)
+        check_retriever(cfg.rollout.episode)
         algorithms.import_modules(cfg.algorithm.modules)
         self.algo = algorithms.get(cfg.algorithm.name, **cfg.algorithm.hparams)
         self.algo.bind(

@@ -91,7 +91,7 @@ def openbook(tmp_path_factory):
 def search_settings(data):
     return [
         "data.suite=openbook", "rollout.episode.mode=search", f"rollout.episode.retriever.corpus={data}/corpus.jsonl",
-        "rollout.max_new_tokens=320", "rollout.episode.max_turn_tokens=32", "rollout.episode.max_turns=4",
+        "rollout.max_new_tokens=400", "rollout.episode.max_turn_tokens=32", "rollout.episode.max_turns=4",
         "train.threads=1",
     ]  # fmt: skip
 

@@ -165,3 +165,11 @@ def test_the_readme_lm_eval_command_works_where_make_run_writes_the_data(tiny, t
 def test_native_with_lora_is_refused_before_the_model_loads(capsys, tiny, no_model_loads, field):
     err = one_line_error(capsys, *train_args(tiny, f"{field}=native", "model.lora.enabled=true"))
     assert f"{field}=native cannot run a model with LoRA adapters" in err
+
+
+def test_search_episodes_without_a_retriever_or_its_corpus(capsys, tiny, no_model_loads):
+    err = one_line_error(capsys, *train_args(tiny, "rollout.episode.mode=search"))
+    assert "exactly one of rollout.episode.retriever.corpus" in err and ".url" in err
+    err = one_line_error(capsys, *train_args(tiny, "rollout.episode.mode=search",
+                                             f"rollout.episode.retriever.corpus={tiny / 'nope.jsonl'}"))
+    assert "rollout.episode.retriever.corpus: no such file" in err

@@ -64,7 +64,7 @@ def test_the_loss_gives_injected_tokens_exactly_zero_gradient(search_base, openb
                         roll.completion_mask, cfg.rollout.temperature)["logp"]
     own = roll.loss_mask.bool()
     assert (logp.detach()[own] - roll.sampling_logp[own]).abs().max() < 1e-4
-    algo = algorithms.get("grpo").bind(group_size=4, max_new_tokens=320, max_prompt_len=64)
+    algo = algorithms.get("grpo").bind(group_size=4, max_new_tokens=400, max_prompt_len=64)
     gids = torch.arange(2).repeat_interleave(4)
     adv = algo.advantages(torch.tensor([1.0, 0, 0, 1, 0, 1, 0, 0]), gids)
     loss, _ = algo.policy_loss(logp, logp.detach(), adv, roll.model_mask, gids)

@@ -30,8 +30,10 @@ Chance: a model that does not search guesses among the countries: metadata["chan
 closedbook suite reports both). Reward: search_f1 (F1 of the final <answer> + 0.3 × the format
 score, evals/verifiers.py); "correct" (pass@1, SFT's target) is EM of the <answer>.
 
-Budget: a 2-hop episode is ~290 byte tokens (two searches, their results, the answer) after a
-~45-token prompt, so the tiny models need max_positions >= 512 (config/openbook.yaml).
+Budget: a worked 2-hop episode is 271 byte tokens on average and at most 339 (two searches, their
+results, the answer) after a prompt of at most 43, so the tiny models need max_positions >= 512
+and rollouts rollout.max_new_tokens >= 340 (config/openbook.yaml: 400; at 320 the longest
+episodes are cut inside their answer).
 
 Parameters: n_people (default 2000: 1000 train people, enough names that reading beats
 memorising), n_cities (32), n_countries (8), test_frac (0.5: the share of people held out).

@@ -147,7 +147,10 @@ def _evaluate_checkpoint(cfg: RunConfig, checkpoint: Path, out: Path) -> dict[st
     # before a model is loaded.
     from rlvr.device import check_engines
 
+    from rlvr.retrieval import check_retriever
+
     check_engines(cfg)
+    check_retriever(cfg.rollout.episode)
     data = [suite_data(cfg, suite) for suite in cfg.eval.suites]
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
