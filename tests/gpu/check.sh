@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check (one CUDA GPU, upstream vllm installed: pip install -e '.[gpu,dev]'), a few minutes:
-#  1. the vLLM tests that `make test-vllm` runs on CPU (tests/test_vllm.py, the lm-eval vLLM
-#     backend), now on CUDA, where the engine sleeps during updates (sleep mode is CUDA/ROCm only);
+#  1. the vLLM tests that `make test-vllm` runs on CPU (tests/test_vllm.py, search episodes through
+#     the engine's stop strings included, the lm-eval vLLM backend), now on CUDA, where the engine
+#     sleeps during updates (sleep mode is CUDA/ROCm only; an episode sleeps after its last turn);
 #  2. a few RL steps with the colocated vLLM engine in bf16 + DeepSpeed ZeRO-3 on GPU, with the
 #     mismatch correction on, then the same run with HF generate, and lm-eval's vLLM backend on
 #     the result, on a tiny checkpoint made here (no hub is reachable).
