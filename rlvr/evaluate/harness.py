@@ -146,7 +146,6 @@ def _evaluate_checkpoint(cfg: RunConfig, checkpoint: Path, out: Path) -> dict[st
     # Everything that can be wrong with the request (suite names, data, checkpoint path) fails
     # before a model is loaded.
     from rlvr.device import check_engines
-
     from rlvr.retrieval import check_retriever
 
     check_engines(cfg)
