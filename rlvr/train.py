@@ -34,9 +34,9 @@ from rlvr.data import load_records
 from rlvr.device import check_engines, provenance, resolve_precision
 from rlvr.io import atomic_write_json
 from rlvr.models import check_model_source, load_model_and_tokenizer
-from rlvr.retrieval import check_retriever
 from rlvr.models import save_checkpoint as save_hf
 from rlvr.ranks import any_rank, gather_objects, is_main, launched_world_size, rank, world_size
+from rlvr.retrieval import check_retriever
 from rlvr.rollout import Rollouts, make_rollout_engine
 from rlvr.rollout.base import cat_rollouts, select_rows
 from rlvr.rollout.episode import episode_stats

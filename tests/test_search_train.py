@@ -11,12 +11,11 @@ import torch
 from conftest import run_overrides, search_settings
 from test_train import rlvr_train, tail, wait_for_rows
 
+import algorithms
 from rlvr.config import load_config
 from rlvr.models import load_model_and_tokenizer
 from rlvr.rollout import make_rollout_engine
 from rlvr.update import Policy
-
-import algorithms
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,6 @@ import os
 from collections.abc import Callable
 
 from evals.schema import Record
-from evals.suites import loaders
 
 PROMPT = (
     "Answer the question. Think inside <think> and </think> whenever you get new information. "
