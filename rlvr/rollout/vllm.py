@@ -109,25 +109,9 @@ class VLLMRolloutEngine:
             self.asleep = False
 
     def generate(self, prompts: list[str], n: int, seeds: list[int]) -> Rollouts:
-        from vllm import SamplingParams
-
-        self.wake()
-        # one seeded request per prompt: its n completions do not depend on the rest of the batch
-        params = [
-            SamplingParams(
-                n=n,
-                temperature=self.cfg.temperature,
-                top_p=self.cfg.top_p,
-                max_tokens=self.cfg.max_new_tokens,
-                logprobs=0,
-                seed=int(seed),
-            )
-            for seed in seeds
-        ]
         enc = self.tok(prompts, add_special_tokens=False)["input_ids"]
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in enc], params, use_tqdm=False
-        )
+        # one seeded request per prompt: its n completions do not depend on the rest of the batch
+        outputs = self._requests(enc, seeds, n, self.cfg.max_new_tokens, self.cfg.temperature)
         self.sleep()  # free the GPU for the DeepSpeed update
         return self._to_rollouts(enc, outputs, n)
 
@@ -135,24 +119,26 @@ class VLLMRolloutEngine:
                temperature: float, stop: tuple[str, ...] = ()) -> list[Turn]:
         """One seeded request per context, stopping at EOS or a stop string (kept in the output:
         the tokens that complete it are the row's last)."""
+        outputs = self._requests(contexts, seeds, 1, max_new_tokens, temperature, stop)
+        turns = []
+        for out in outputs:
+            comp, toks = out.outputs[0], list(out.outputs[0].token_ids)
+            turns.append(Turn(toks, _sampled_logprobs(comp, toks)))
+        return turns
+
+    def _requests(self, prompt_ids: list[list[int]], seeds: list[int], n: int, max_tokens: int,
+                  temperature: float, stop: tuple[str, ...] = ()):
+        """vLLM's outputs for one request per prompt (token ids), each with its own seed."""
         from vllm import SamplingParams
 
         self.wake()
+        stops = {"stop": list(stop), "include_stop_str_in_output": True} if stop else {}
         params = [
-            SamplingParams(
-                n=1, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_new_tokens,
-                logprobs=0, seed=int(seed), stop=list(stop) or None,
-                include_stop_str_in_output=True,
-            )
+            SamplingParams(n=n, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens,
+                           logprobs=0, seed=int(seed), **stops)
             for seed in seeds
         ]  # fmt: skip
-        outputs = self.llm.generate([{"prompt_token_ids": c} for c in contexts], params, use_tqdm=False)
-        turns = []
-        for out in outputs:
-            comp = out.outputs[0]
-            toks = list(comp.token_ids)
-            turns.append(Turn(toks, [d[t].logprob for d, t in zip(comp.logprobs or [], toks, strict=False)]))
-        return turns
+        return self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
 
     def _to_rollouts(self, enc, outputs, n) -> Rollouts:
         """vLLM returns each completion's tokens up to and including EOS; finish_reason 'length'
@@ -172,7 +158,7 @@ class VLLMRolloutEngine:
                 prompt_mask[row, P - len(ids) :] = 1
                 completion_ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
                 cmask[row, : len(toks)] = 1
-                lp = [d[t].logprob for d, t in zip(comp.logprobs or [], toks, strict=False)]
+                lp = _sampled_logprobs(comp, toks)
                 sampling_logp[row, : len(lp)] = torch.tensor(lp)
                 truncated[row] = comp.finish_reason == "length"
         texts = [
@@ -182,3 +168,8 @@ class VLLMRolloutEngine:
         return Rollouts(
             prompt_ids, prompt_mask, completion_ids, cmask, sampling_logp, truncated, texts
         )
+
+
+def _sampled_logprobs(completion, tokens: list[int]) -> list[float]:
+    """vLLM's (processed) log-prob of each sampled token of one completion."""
+    return [d[t].logprob for d, t in zip(completion.logprobs or [], tokens, strict=False)]
