@@ -210,7 +210,7 @@ class EpisodeEngine:
             completion[i, :n] = torch.tensor(r.ids, dtype=torch.long)
             cmask[i, :n] = 1
             lmask[i, :n] = torch.tensor(r.by_model, dtype=torch.float)
-            logp[i, :n] = torch.tensor(r.logps) * lmask[i, :n]
+            logp[i, :n] = torch.tensor(r.logps)  # 0 on injected tokens (EpisodeRow.add)
         return Rollouts(
             prompt_ids, prompt_mask, completion, cmask, logp,
             torch.tensor([r.truncated for r in rows]),
