@@ -15,19 +15,13 @@ rule data:
 SEARCH_SUITES = "|".join(sorted({s for t in SUITES for s in eval_suites(t) if searches(s)})) or "(?!)"
 
 
-rule data_search:
+use rule data as data_search with:
     output:
         train="data/{exp}/{suite}/train.jsonl",
         test="data/{exp}/{suite}/test.jsonl",
         corpus="data/{exp}/{suite}/corpus.jsonl",
     wildcard_constraints:
         suite=SEARCH_SUITES,
-    params:
-        args=lambda w: cli_args(flatten(SUITES.get(w.suite, {}).get("params", {}))),
-    log:
-        "logs/{exp}/data/{suite}.log",
-    shell:
-        "rlvr data --suite {wildcards.suite} --out data/{wildcards.exp}/{wildcards.suite} {params.args} > {log} 2>&1"
 
 
 ruleorder: data_search > data
