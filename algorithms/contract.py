@@ -11,7 +11,8 @@ The loop's calls (B completions, T positions; see algorithms/base.py):
     policy_loss(logp, old_logp, adv, mask, group_ids, normalizer=z, ref_logp=ref)
     validate()
 
-`advantages` may also take `lengths=` (completion lengths [B], e.g. OPO's length-weighted
+`advantages` may also take `lengths=` (completion lengths [B]: the model's own tokens, a search
+episode's injected passages left out, as in shape_rewards; e.g. OPO's length-weighted
 baseline): the loop passes them when the signature accepts them (`advantage_lengths`).
 
 `loss_normalizer` may name `logp` and `old_logp` keywords: the loop then scores the mini-batch

@@ -13,7 +13,8 @@ approximation ‖∇log π(o)‖² ∝ |o|. OPO is exactly on-policy (one update
 
 References and where they disagree:
 - Advantage: verl `compute_opo_outcome_advantage` (|o| = response_mask.sum(-1), the loop's
-  `Rollouts.lengths` = completion_mask.sum(-1)), followed. A group of one: verl sets b = 0, so
+  `Rollouts.model_lengths`: the model's own tokens, a search episode's passages left out, as
+  verl's response_mask), followed. A group of one: verl sets b = 0, so
   A = R; we give A = 0 as the GRPO family here (grpo.py). A group whose completions are all
   empty (Σ|o| = 0) is NaN in verl; here it falls back to the plain group mean (its rows carry no
   token, so it cannot change the loss).

@@ -164,15 +164,16 @@ class Trainer:
             roll, rewards = self.sample_round(records, rounds)
             gids = torch.arange(next_gid, next_gid + want).repeat_interleave(G)
             next_gid += want
-            shaped = self.algo.shape_rewards(rewards, roll.lengths, roll.truncated)
+            # lengths are the model's own tokens: an episode's injected passages are not its length
+            shaped = self.algo.shape_rewards(rewards, roll.model_lengths, roll.truncated)
             # filter on the verifier's rewards (as verl's DAPO recipe does), so groups that differ
             # only by a length penalty are not mistaken for mixed-reward groups
             keep = self.algo.filter_groups(rewards, gids)
             raw_rewards.append(rewards)
             all_gids.append(gids)
-            lengths.append(roll.lengths)
+            lengths.append(roll.model_lengths)
             truncated.append(roll.truncated)
-            sampled.append(roll.model_mask.sum())  # the model's tokens, not injected ones
+            sampled.append(roll.model_lengths.sum())  # the model's tokens, not injected ones
             if roll.episode is not None:
                 episodes.append(roll)
             idx = keep.nonzero().squeeze(-1)
@@ -328,8 +329,9 @@ class Trainer:
         return batch, metrics
 
     def advantages(self, batch: Batch) -> torch.Tensor:
-        """algo.advantages on the kept batch, with the completion lengths if it takes them."""
-        extra = {"lengths": batch.rollouts.lengths} if self.algo.advantage_lengths else {}
+        """algo.advantages on the kept batch, with the completion lengths (the model's own
+        tokens) if it takes them."""
+        extra = {"lengths": batch.rollouts.model_lengths} if self.algo.advantage_lengths else {}
         return self.algo.advantages(batch.rewards, batch.group_ids, **extra)
 
     def maybe_checkpoint(self) -> None:

@@ -30,7 +30,14 @@ class Rollouts:
 
     @property
     def lengths(self) -> torch.Tensor:
+        """[N] completion widths, injected tokens included: what the update attends over."""
         return self.completion_mask.sum(-1)
+
+    @property
+    def model_lengths(self) -> torch.Tensor:
+        """[N] the model's own tokens per completion (injected passages left out): the length
+        every algorithm hook and the length statistics see."""
+        return self.model_mask.sum(-1)
 
     @property
     def model_mask(self) -> torch.Tensor:
