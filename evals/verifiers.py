@@ -7,7 +7,10 @@ braces), because the RL loop calls them on whatever a policy happens to generate
 - math_reward: 1.0 if the last \\boxed{...} of the completion equals the gold answer (integers
   compared exactly, anything else through math-verify), else 0.0. An unboxed answer scores 0.
 - qa_em / qa_f1: SQuAD/HotpotQA exact match and token F1 of the predicted span (see
-  `extract_qa_answer` for which part of the completion is the prediction).
+  `extract_qa_answer` for which part of the completion is the prediction); qa_f1 is HotpotQA's
+  official F1 (its yes/no rule), what QA evaluation reports.
+- search_f1 / search_f1_think: the seed's search reward, SQuAD F1 of the model's final
+  <answer> (no yes/no rule, as layer6ai-labs/wapo) + 0.3 × a format score.
 """
 
 from __future__ import annotations
@@ -149,11 +152,24 @@ def extract_qa_answer(completion: str) -> str:
 
 
 def _f1(pred: str, gold: str) -> float:
-    """Token F1 exactly as in the HotpotQA evaluation script (incl. yes/no/noanswer rule)."""
+    """Token F1 exactly as in the HotpotQA evaluation script (incl. its yes/no/noanswer rule:
+    a prediction or gold among them scores 0 unless the two are equal)."""
     p, g = normalize_answer(pred), normalize_answer(gold)
     if (p in ("yes", "no", "noanswer") or g in ("yes", "no", "noanswer")) and p != g:
         return 0.0
-    p_toks, g_toks = p.split(), g.split()
+    return _token_f1(p.split(), g.split())
+
+
+def squad_f1(pred: str, gold: str) -> float:
+    """Token F1 as SQuAD v2's `compute_f1`, which the seed's search reward uses (layer6ai-labs/wapo
+    environments/vf_rag_agent: no yes/no rule; an empty side scores 1 only if both are empty)."""
+    p_toks, g_toks = normalize_answer(pred).split(), normalize_answer(gold).split()
+    if not p_toks or not g_toks:
+        return float(p_toks == g_toks)
+    return _token_f1(p_toks, g_toks)
+
+
+def _token_f1(p_toks: list[str], g_toks: list[str]) -> float:
     same = sum((Counter(p_toks) & Counter(g_toks)).values())
     if same == 0:
         return 0.0
@@ -197,9 +213,14 @@ FORMAT_WEIGHT = 0.3  # the seed's search reward: F1 + 0.3 × format (layer6ai-la
 
 
 def tagged_answer(completion: str) -> str | None:
-    """The content of the last complete <answer>...</answer>, or None."""
-    found = _ANSWER_TAG.findall(completion[-MAX_SCAN_CHARS:])
-    return found[-1].strip()[:MAX_QA_PRED_CHARS] if found else None
+    """The content of the last complete <answer>...</answer> the model wrote, or None. Injected
+    blocks are never read (the invalid-action notice itself spells "<answer> and </answer>"),
+    and a tag is complete within one model turn: an unclosed <answer> cut by a notice is none."""
+    for turn in reversed(model_turns(completion)):
+        found = _ANSWER_TAG.findall(turn)
+        if found:
+            return found[-1].strip()[:MAX_QA_PRED_CHARS]
+    return None
 
 
 def model_turns(completion: str) -> list[str]:
@@ -230,19 +251,23 @@ def search_format(completion: str, think: bool = False) -> float:
 def _search_reward(completion: str, answer: str | Sequence[str], think: bool) -> float:
     try:
         pred = tagged_answer(completion)
-        f1 = 0.0 if pred is None else max((_f1(pred, g) for g in _golds(answer)), default=0.0)
+        f1 = 0.0 if not pred else max((squad_f1(pred, g) for g in _golds(answer)), default=0.0)
         return f1 + FORMAT_WEIGHT * search_format(completion, think)
     except Exception:
         return 0.0
 
 
 def search_f1(completion: str, answer: str | Sequence[str]) -> float:
-    """F1 of the final <answer> (0 without one) + 0.3 × the format score, <think> optional."""
+    """SQuAD F1 of the final <answer> (0 without one, or an empty one) + 0.3 × the format score,
+    <think> optional: the seed's reward for models not prompted to think."""
     return _search_reward(completion, answer, think=False)
 
 
 def search_f1_think(completion: str, answer: str | Sequence[str]) -> float:
-    """The seed's reward exactly: as search_f1, with a <think> block required in every turn."""
+    """The seed's reward exactly (layer6ai-labs/wapo vf_rag_agent: 1.0 × compute_f1 + 0.3 ×
+    format_reward_func): as search_f1, with a <think> block required in every turn. One
+    deviation, in the episode rather than the reward: an invalid turn ends wapo's episode, here
+    it is answered with Search-R1's notice."""
     return _search_reward(completion, answer, think=True)
 
 
