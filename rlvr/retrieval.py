@@ -73,11 +73,12 @@ def make_retriever(cfg) -> Retriever:
 
 
 def format_information(passages: list[Passage], max_chars: int) -> str:
-    """The body of one <information> block, as Search-R1 writes it ("Doc 1(Title: T) text"),
-    cut to max_chars; "No results." when the retriever found nothing."""
+    """The body of one <information> block, as Search-R1 writes it (`Doc 1(Title: "T") text`: wiki-18
+    quotes the title on its contents' first line, which Search-R1 prints as is), cut to max_chars;
+    "No results." when the retriever found nothing."""
     if not passages:
         return "No results."
-    text = "\n".join(f"Doc {i}(Title: {p.title}) {p.text}" for i, p in enumerate(passages, 1))
+    text = "\n".join(f"Doc {i}(Title: \"{p.title}\") {p.text}" for i, p in enumerate(passages, 1))
     return text if len(text) <= max_chars else text[: max(max_chars - 3, 0)] + "..."
 
 

@@ -99,8 +99,8 @@ def test_a_two_hop_episode_searches_twice_and_masks_exactly_the_injected_tokens(
     turns = ["I look. <search>home town of Mira Holt</search> ignored", "<search>Mira Holt born</search>",
              "<answer>1901</answer><eos>"]
     _, roll = run(tok, cfg, retriever, {"Q1:": turns})
-    info1 = "\n\n<information>Doc 1(Title: Alder Vale) Alder Vale is the home town of Mira Holt.</information>\n\n"
-    info2 = "\n\n<information>Doc 1(Title: Mira Holt) Mira Holt was born in 1901.</information>\n\n"
+    info1 = "\n\n<information>Doc 1(Title: \"Alder Vale\") Alder Vale is the home town of Mira Holt.</information>\n\n"
+    info2 = "\n\n<information>Doc 1(Title: \"Mira Holt\") Mira Holt was born in 1901.</information>\n\n"
     model = ["I look. <search>home town of Mira Holt</search>", "<search>Mira Holt born</search>", "<answer>1901</answer>"]
     assert roll.texts == [model[0] + info1 + model[1] + info2 + model[2]]  # cut after each tag, EOS dropped
     # token by token: 1 on the model's bytes, 0 on the injected ones, in episode order

@@ -73,7 +73,7 @@ def test_a_malformed_corpus_names_file_and_line(tmp_path):
 
 def test_information_block_as_search_r1_writes_it():
     hits = [Passage("d1", "A", "one", 1.0), Passage("d2", "B", "two", 0.5)]
-    assert format_information(hits, 1000) == "Doc 1(Title: A) one\nDoc 2(Title: B) two"
+    assert format_information(hits, 1000) == "Doc 1(Title: \"A\") one\nDoc 2(Title: \"B\") two"
     assert format_information(hits, 12) == "Doc 1(Tit..." and len(format_information(hits, 12)) == 12
     assert format_information([], 100) == "No results."
 

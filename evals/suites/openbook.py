@@ -8,12 +8,12 @@ FlashRAG / Search-R1 form, and the model must look them up:
 
     Question: In which country does Bako live?
     <search>Bako</search>
-    <information>Doc 1(Title: Bako) Bako works in Lorn.
-    Doc 2(Title: Bako) Bako lives in Varno.</information>
+    <information>Doc 1(Title: "Bako") Bako works in Lorn.
+    Doc 2(Title: "Bako") Bako lives in Varno.</information>
     <search>Varno</search>
-    <information>Doc 1(Title: Varno) Varno is in Kesmark.
-    Doc 2(Title: Varno) Varno is by Norvia.
-    Doc 3(Title: Tiru) Tiru lives in Varno.</information>
+    <information>Doc 1(Title: "Varno") Varno is in Kesmark.
+    Doc 2(Title: "Varno") Varno is by Norvia.
+    Doc 3(Title: "Tiru") Tiru lives in Varno.</information>
     <answer>Kesmark</answer>
 
 (prompt "Question: <question>\\n"; metadata["actions"] = the worked episode's actions, which SFT
