@@ -8,7 +8,8 @@ Both take a batch of queries and return, per query, up to k passages best first:
                     per corpus (keyed by its sha256) and cached on disk
     HTTPRetriever   a client of Search-R1's retrieval server (e5 over wiki-18 on a cluster):
                     POST <url>/retrieve {"queries": [...], "topk": k, "return_scores": true}
-                    → {"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}
+                    → {"result": [[{"document": {..., "contents"}, "score"}, ...], ...]}
+                    (the url may name the endpoint itself, as Search-R1's configs do: .../retrieve)
 
 A retriever that cannot answer raises RetrieverError with one line naming the retriever and what
 went wrong (a server that is down, slow past its timeout, or answers out of contract): the episode
@@ -165,12 +166,22 @@ class BM25Retriever:
 
 
 class HTTPRetriever:
-    """Client of a Search-R1 retrieval server (`search_r1/search/retrieval_server.py`)."""
+    """Client of a Search-R1 retrieval server (`search_r1/search/retrieval_server.py`).
+
+    Its documents come in two shapes: dense retrieval answers the corpus row ({"id", "contents"}),
+    BM25 over a pyserini index with stored documents {"title", "text", "contents"} without an id.
+    `contents` is in both (and is all that Search-R1's own client reads), so a passage is made of
+    it, and a document without an id gets `passage_id(contents)`. Scores are always asked for: that
+    server answers HTTP 500 to return_scores=false (it unpacks one return value into two); a bare
+    document in place of {"document", "score"} is still accepted, with score 0.
+    """
 
     def __init__(self, url: str, timeout_s: float = 30.0):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"retriever url must start with http:// or https://, got {url!r}")
-        self.url, self.timeout_s = url.rstrip("/") + "/retrieve", timeout_s
+        base = url.rstrip("/")
+        self.url = base if base.endswith("/retrieve") else base + "/retrieve"
+        self.timeout_s = timeout_s
 
     def search(self, queries: list[str], k: int) -> list[list[Passage]]:
         if not queries:
@@ -194,15 +205,27 @@ class HTTPRetriever:
 
     def _passages(self, payload, n: int) -> list[list[Passage]]:
         result = payload.get("result") if isinstance(payload, dict) else None
-        if not isinstance(result, list) or len(result) != n:
+        if not isinstance(result, list) or len(result) != n or not all(isinstance(hits, list) for hits in result):
             raise RetrieverError(f"retriever {self.url} broke the contract: expected {{\"result\": [...]}} with "
                                  f"one list per query ({n}), got {str(payload)[:200]}")
         try:
-            return [[Passage.from_contents(hit["document"]["id"], hit["document"]["contents"], hit.get("score", 0.0))
-                     for hit in hits] for hits in result]
-        except (KeyError, TypeError) as err:
+            return [[_hit_passage(hit) for hit in hits] for hits in result]
+        except (KeyError, TypeError, ValueError) as err:
             raise RetrieverError(f"retriever {self.url} broke the contract: each hit needs "
-                                 f"{{\"document\": {{\"id\", \"contents\"}}, \"score\"}} ({err!r})") from None
+                                 f"{{\"document\": {{\"contents\", ...}}, \"score\"}} ({err!r})") from None
+
+
+def passage_id(contents: str) -> str:
+    """The id of a passage its server gave none (Search-R1's BM25 documents): derived from its
+    contents, so the same passage has the same id in every episode and run."""
+    return "sha256:" + hashlib.sha256(contents.encode("utf-8")).hexdigest()[:16]
+
+
+def _hit_passage(hit) -> Passage:
+    document, score = (hit["document"], hit.get("score", 0.0)) if "document" in hit else (hit, 0.0)
+    contents = str(document["contents"])
+    doc_id = document.get("id")
+    return Passage.from_contents(passage_id(contents) if doc_id is None else doc_id, contents, score)
 
 
 def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 0):

@@ -1,5 +1,6 @@
 """rlvr.retrieval: BM25 over a JSONL corpus, and the Search-R1 HTTP contract against servers on
-127.0.0.1 (ours in front of BM25, one that is down, one that is slow, one out of contract)."""
+127.0.0.1 (ours in front of BM25, a stand-in of Search-R1's own, one that is down, one that is
+slow, one out of contract)."""
 
 import json
 import socket
@@ -8,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from search_r1_server import SearchR1Standin, serve_standin
 
 from rlvr.retrieval import (
     BM25Retriever,
@@ -15,6 +17,7 @@ from rlvr.retrieval import (
     Passage,
     RetrieverError,
     format_information,
+    passage_id,
     serve,
 )
 
@@ -89,6 +92,56 @@ def test_http_client_against_our_server_returns_what_bm25_returns(bm25):
         server.shutdown()
 
 
+ROWS = [{"id": i, "contents": c} for i, c in FACTS.items()]
+SEARCH_R1_QUERIES = ["who founded the Corven Bay lighthouse", "zyxxy", "painter Mira Holt"]
+
+
+def parsed(doc_id, contents, score):
+    title, _, text = contents.partition("\n")
+    return Passage(doc_id, title.strip('"'), text, score)
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "bm25_rows"])
+@pytest.mark.parametrize("form", ["{}", "{}/", "{}/retrieve", "{}/retrieve/"])
+def test_search_r1s_own_server_in_each_mode_and_url_form(mode, form):
+    """Search-R1's server (tests/search_r1_server.py reproduces its answers): dense and BM25-rows
+    documents are corpus rows, BM25 ones {"title", "text", "contents"} without an id, which gets
+    one derived from the contents; Search-R1's configs write the url with its /retrieve."""
+    server, url = serve_standin(ROWS, mode)
+    try:
+        got = HTTPRetriever(form.format(url), timeout_s=5).search(SEARCH_R1_QUERIES, k=2)
+    finally:
+        server.shutdown()
+    docs, scores = SearchR1Standin(ROWS, mode).batch_search(SEARCH_R1_QUERIES, 2, True)
+    want = [[parsed(d.get("id") or passage_id(d["contents"]), d["contents"], s) for d, s in zip(row, row_scores, strict=True)]
+            for row, row_scores in zip(docs, scores, strict=True)]
+    assert got == want and got[0][0] == parsed("d4" if mode != "bm25" else passage_id(FACTS["d4"]), FACTS["d4"], 5.0)
+    assert (got[1] == []) == (mode != "dense")  # Lucene finds nothing; faiss always answers k
+
+
+def test_a_passage_without_an_id_gets_a_stable_one_from_its_contents():
+    assert passage_id(FACTS["d1"]) == passage_id(str(FACTS["d1"])) != passage_id(FACTS["d2"])
+    assert passage_id("x") == "sha256:2d711642b726b044"  # a change here renames every BM25 passage
+
+
+def test_search_r1s_server_without_scores():
+    """Asked for no scores, Search-R1's server answers HTTP 500 (it unpacks one return value into
+    two), or with exactly two queries the first one's documents alone: the client always asks
+    for scores. A server that answers bare documents per query (the shape that line means) is
+    read, score 0."""
+    standin = SearchR1Standin(ROWS, "bm25")
+    for queries in (["painter"], ["painter", "lighthouse", "port"]):
+        assert standin.respond({"queries": queries, "topk": 2})[:2] == (500, "text/plain; charset=utf-8")
+    status, _, body = standin.respond({"queries": ["painter", "lighthouse"], "topk": 2})
+    assert status == 200 and all("contents" in doc for doc in json.loads(body)["result"])
+    bare = json.dumps({"result": [[{"id": "d1", "contents": FACTS["d1"]}], []]}).encode()
+    server, url = stub_server(reply=bare)
+    try:
+        assert HTTPRetriever(url, timeout_s=5).search(["a", "b"], k=1) == [[parsed("d1", FACTS["d1"], 0.0)], []]
+    finally:
+        server.shutdown()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,3 +198,4 @@ def test_a_slow_or_broken_server_is_a_clear_error(attrs, says):
 def test_a_url_without_a_scheme_is_refused():
     with pytest.raises(ValueError, match="must start with http"):
         HTTPRetriever("localhost:8000")
+
