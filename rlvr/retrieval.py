@@ -12,14 +12,16 @@ Both take a batch of queries and return, per query, up to k passages best first:
                     (the url may name the endpoint itself, as Search-R1's configs do: .../retrieve)
 
 A retriever that cannot answer raises RetrieverError with one line naming the retriever and what
-went wrong (a server that is down, slow past its timeout, or answers out of contract): the episode
-records it and the run fails with that reason, it never hangs. A query that matches nothing gets
+went wrong (a server that is down, slow past its timeout, drops the connection, answers out of
+contract, or answers an HTTP error: then with the reason it gives): the episode records it and
+the run fails with that reason, it never hangs. A query that matches nothing gets
 an empty list, which the episode reports as such.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -192,13 +194,16 @@ class HTTPRetriever:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 payload = json.loads(response.read())
         except urllib.error.HTTPError as err:
-            raise RetrieverError(f"retriever {self.url} answered HTTP {err.code} {err.reason}") from None
+            raise RetrieverError(f"retriever {self.url} answered HTTP {err.code} {_error_detail(err)}") from None
         except TimeoutError:
             raise RetrieverError(f"retriever {self.url} did not answer within {self.timeout_s:g} s") from None
         except urllib.error.URLError as err:
             if isinstance(err.reason, (socket.timeout, TimeoutError)):
                 raise RetrieverError(f"retriever {self.url} did not answer within {self.timeout_s:g} s") from None
             raise RetrieverError(f"cannot reach retriever {self.url}: {err.reason}") from None
+        except (http.client.HTTPException, OSError) as err:
+            # reached, then the connection broke: closed unanswered, reset, a body cut short
+            raise RetrieverError(f"retriever {self.url} dropped the connection: {type(err).__name__}: {err}") from None
         except ValueError:
             raise RetrieverError(f"retriever {self.url} answered with something that is not JSON") from None
         return self._passages(payload, len(queries))
@@ -228,6 +233,19 @@ def _hit_passage(hit) -> Passage:
     return Passage.from_contents(passage_id(contents) if doc_id is None else doc_id, contents, score)
 
 
+def _one_line(text, limit: int = 300) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def _error_detail(err: urllib.error.HTTPError) -> str:
+    """Why a server refused: the {"detail": ...} body FastAPI (Search-R1's server) and serve()
+    answer with, else the status line's reason."""
+    try:
+        return _one_line(json.loads(err.read(1 << 16))["detail"])
+    except (ValueError, KeyError, TypeError, OSError, http.client.HTTPException):
+        return _one_line(err.reason)
+
+
 def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 0):
     """A server of Search-R1's contract in front of any retriever (e.g. BM25 for a cluster job's
     rollout workers), in a daemon thread; returns it (`.server_address`, `.shutdown()`)."""
@@ -238,14 +256,26 @@ def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 0):
         def do_POST(self):  # noqa: N802 (http.server's name)
             try:
                 request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                hits = retriever.search([str(q) for q in request["queries"]], int(request.get("topk", 3)))
+                queries, k = [str(q) for q in request["queries"]], int(request.get("topk", 3))
             except (ValueError, KeyError, TypeError) as err:
-                self.send_error(400, f"bad request: {err}")
+                self.answer(400, {"detail": f"bad request: {err}"})
+                return
+            try:
+                hits = retriever.search(queries, k)
+            except RetrieverError as err:  # the backend's own one-line reason, for the client to raise
+                self.answer(502, {"detail": str(err)})
+                return
+            except Exception as err:  # answered too: a dropped connection would hide why
+                self.answer(500, {"detail": f"retriever failed: {type(err).__name__}: {err}"})
                 return
             result = [[{"document": {"id": p.id, "contents": f'"{p.title}"\n{p.text}'}, "score": p.score}
                        for p in row] for row in hits]
-            body = json.dumps({"result": result}).encode()
-            self.send_response(200)
+            self.answer(200, {"result": result})
+
+        def answer(self, code: int, payload: dict) -> None:
+            body = json.dumps(payload).encode()
+            reason = _one_line(payload["detail"], 200).encode("latin-1", "replace").decode("latin-1") if code != 200 else None
+            self.send_response(code, reason)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

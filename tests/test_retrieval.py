@@ -4,6 +4,7 @@ slow, one out of contract)."""
 
 import json
 import socket
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -199,3 +200,62 @@ def test_a_url_without_a_scheme_is_refused():
     with pytest.raises(ValueError, match="must start with http"):
         HTTPRetriever("localhost:8000")
 
+
+def dropping_server(how: str):
+    """A server that reads one request and then, instead of answering: closes the connection
+    ("close"), resets it ("reset"), or sends headers and half the body it announced ("short")."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def run():
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += conn.recv(65536)
+            if how == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif how == "short":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"result\"")
+        listener.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(("how", "says"), [
+    ("close", r"dropped the connection: RemoteDisconnected"),
+    ("reset", r"dropped the connection: (ConnectionResetError|RemoteDisconnected)"),
+    ("short", r"dropped the connection: IncompleteRead"),
+])
+def test_a_server_that_drops_the_connection_is_a_clear_error(how, says):
+    with pytest.raises(RetrieverError, match=says) as caught:
+        HTTPRetriever(dropping_server(how), timeout_s=5).search(["q"], k=3)
+    assert "\n" not in str(caught.value)
+
+
+class Failing:
+    def __init__(self, err: Exception):
+        self.err = err
+
+    def search(self, queries, k):
+        raise self.err
+
+
+@pytest.mark.parametrize(("err", "says"), [
+    (RetrieverError("retriever bm25 lost its index at /x/bm25"), r"answered HTTP 502 retriever bm25 lost its index at /x/bm25$"),
+    (MemoryError("out of\nmemory"), r"answered HTTP 500 retriever failed: MemoryError: out of memory$"),
+])
+def test_serve_answers_its_backends_failure_and_the_client_raises_it_in_one_line(err, says):
+    server = serve(Failing(err))
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for _ in range(2):  # answered, not dropped: the server goes on serving
+            with pytest.raises(RetrieverError, match=says) as caught:
+                HTTPRetriever(url, timeout_s=5).search(["q"], k=3)
+            assert "\n" not in str(caught.value)
+    finally:
+        server.shutdown()
