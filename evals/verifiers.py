@@ -230,6 +230,15 @@ def model_turns(completion: str) -> list[str]:
     return turns[:-1] if len(turns) > 1 and not turns[-1].strip() else turns
 
 
+_SEARCH_TAG = re.compile(r"<search>(.*?)</search>", re.DOTALL)
+
+
+def search_count(completion: str) -> int:
+    """How many of the model's turns searched: a complete, non-empty <search>..</search> (what
+    the episode counts as a search; a turn holds one action, cut after its first closing tag)."""
+    return sum(bool((m := _SEARCH_TAG.search(turn)) and m.group(1).strip()) for turn in model_turns(completion))
+
+
 def search_format(completion: str, think: bool = False) -> float:
     """The seed's format score: the share of model turns that are exactly `[<think>..</think>]
     <search>..</search>` (the last may be `<answer>..</answer>` instead), with non-empty contents

@@ -276,7 +276,7 @@ class ScriptedLM(LM):
         raise NotImplementedError
 
 
-def expected_metrics(n: int, k: int, qa: bool) -> dict[str, float]:
+def expected_metrics(n: int, k: int, qa: bool, search: bool = False) -> dict[str, float]:
     per_doc = [j % 3 for j in range(n)]
     m = {
         "pass@1": sum(j % 2 == 0 for j in range(n)) / n,
@@ -285,6 +285,8 @@ def expected_metrics(n: int, k: int, qa: bool) -> dict[str, float]:
     }
     if qa:
         m |= {"em": m["pass@1"], "f1": m["pass@1"], f"avg@{k}_f1": m[f"avg@{k}"]}
+    if search:  # the scripted answers never search
+        m |= {"searches": 0.0, "two_searches": 0.0}
     return m
 
 
@@ -305,7 +307,8 @@ def test_metrics_with_known_answers_through_lm_eval(tmp_path, shipped_data, monk
     for suite in SHIPPED:
         result = results[suite]
         qa = get_suite(suite).task == "qa"
-        assert result["metrics"] == pytest.approx(expected_metrics(8, 4, qa))
+        search = get_suite(suite).corpus is not None
+        assert result["metrics"] == pytest.approx(expected_metrics(8, 4, qa, search))
         assert result["n"] == 8 and result["k"] == 4 and result["seed"] == 3
         assert set(result["seeds"].values()) == {3}
         written = json.loads((tmp_path / "run" / "eval" / f"{suite}.json").read_text())
@@ -355,8 +358,10 @@ def test_evaluate_a_tiny_checkpoint_on_the_shipped_suites(tmp_path, shipped_data
         names = {"pass@1", "avg@3", "pass@3"}
         if get_suite(suite).task == "qa":
             names |= {"em", "f1", "avg@3_f1"}
+        if get_suite(suite).corpus is not None:  # search episodes
+            names |= {"searches", "two_searches"}
         assert set(result["metrics"]) == names
-        assert all(0.0 <= v <= 1.0 for v in result["metrics"].values())
+        assert all(0.0 <= v <= 1.0 for k, v in result["metrics"].items() if k != "searches")
         assert result["metrics"][f"avg@{3}"] <= result["metrics"]["pass@3"]
         assert (result["n"], result["k"], result["temperature"], result["backend"]) == (
             8, 3, 1.0, "native",  # eval.backend=auto on a Qwen2

@@ -86,3 +86,21 @@ def _turn(tok, context: str, seed: int):
     text = "<search>Bako</search>" if seed % 2 and "<information>" not in context else "<answer>Norvia</answer>"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     return Turn(ids, [-0.5] * len(ids))
+
+
+def test_evaluation_counts_the_searches_the_episode_made(tiny, corpus, retriever):
+    """lm-eval's searches / two_searches, read from the episode text, equal the engine's counters."""
+    from evals.tasks.utils import process_search
+
+    _, tok = tiny
+    cfg = settings(corpus, **{"rollout.episode.max_turns": 4, "rollout.episode.top_k": 1})
+    scripts = {
+        "A:": ["<search>Mira Holt</search>", "<search>Alder Vale</search>", "<answer>1901</answer>"],
+        "B:": ["<search></search>", "<search>Mira Holt</search>", "<answer>1901</answer>"],  # one invalid
+        "C:": ["<answer>1901</answer>"],
+    }
+    roll = EpisodeEngine(Scripted(tok, scripts), tok, cfg, retriever).generate(list(scripts), 1, [0, 1, 2])
+    assert roll.episode["searches"].tolist() == [2.0, 1.0, 0.0]
+    got = process_search({"answer": "1901"}, [roll.texts])
+    assert got["searches"] == pytest.approx(1.0) and got["two_searches"] == pytest.approx(1 / 3)
+    assert got["em"] == 1.0

@@ -6,7 +6,8 @@ so one completion scores identically in an RL step and in evaluation:
     math suites   acc = math_reward                       (0/1)
     QA suites     em  = qa_em, f1 = qa_f1                 (a QA suite trains on one of them)
     search suites em, f1 of the final <answer>, and the    (a search suite trains on one of
-                  search rewards search_f1, _think         the two search rewards)
+                  search rewards search_f1, _think;        the two search rewards)
+                  searches per episode, two_searches
 
 Each doc is one `generate_until` request with `repeats` completions (1 greedy, or k sampled); the
 `keep_all` filter hands all of them to process_results, which reports per doc the mean over the
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from evals.suites.loaders import load_benchmark
-from evals.verifiers import math_reward, qa_em, qa_f1, search_f1, search_f1_think
+from evals.verifiers import math_reward, qa_em, qa_f1, search_count, search_f1, search_f1_think
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -64,11 +65,15 @@ def process_qa(doc: dict, results: Sequence[Any]) -> dict[str, float]:
 
 
 def process_search(doc: dict, results: Sequence[Any]) -> dict[str, float]:
-    """QA's metrics of the episodes' answers, and the search rewards themselves."""
+    """QA's metrics of the episodes' answers, the search rewards themselves, and how the
+    episodes searched: searches per episode and the share that searched at least twice."""
     texts = completions(results)
     out = process_qa(doc, results)
     for name, reward in (("search_f1", search_f1), ("search_f1_think", search_f1_think)):
         out[name] = sum(reward(t, doc["answer"]) for t in texts) / len(texts)
+    counts = [search_count(t) for t in texts]
+    out["searches"] = sum(counts) / len(texts)
+    out["two_searches"] = sum(c >= 2 for c in counts) / len(texts)
     return out
 
 

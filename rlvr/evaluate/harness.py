@@ -10,7 +10,8 @@ Per suite, one lm-eval run with two variants of the suite's task (evals/tasks): 
 math suites and EM == 1 for QA suites, which also report EM and F1 (greedy, and F1 averaged over
 the samples). Every result is written atomically as JSON:
 
-    {"suite", "checkpoint", "metrics": {"pass@1", "avg@k", "pass@k", ["em", "f1", "avg@k_f1"]},
+    {"suite", "checkpoint", "metrics": {"pass@1", "avg@k", "pass@k", ["em", "f1", "avg@k_f1"],
+                                        [search episodes: "searches", "two_searches"]},
      "n", "k", "temperature", "seed", "seeds", "backend", "lm_eval_version",
      "task_config_sha256", "seconds", ...}
 
@@ -364,6 +365,8 @@ def _metrics(task_type: str, greedy: dict, sampled: dict, k: int) -> dict[str, f
     if task_type == "qa":
         metrics |= {"em": get(greedy, "em"), "f1": get(greedy, "f1")}
         metrics[f"avg@{k}_f1"] = get(sampled, "f1")
+    if f"searches,{FILTER}" in greedy:  # search episodes: how the greedy episodes searched
+        metrics |= {"searches": get(greedy, "searches"), "two_searches": get(greedy, "two_searches")}
     return metrics
 
 
