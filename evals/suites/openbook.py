@@ -23,7 +23,10 @@ with it ("Bako works in Lorn.", "Varno is by Norvia."; which comes first varies)
 search also returns people who live or work there. Train holds the 1-hop questions of the
 cities and of the train people (one search) and the 2-hop questions of the train people; test
 holds the 2-hop questions of the others, who appear in no training prompt: their facts are only
-in the corpus, so a test question is answered only by two searches and reading the results.
+in the corpus, so the first hop (person → city) needs a search and reading the right passage.
+The second hop does not: the 32 city → country facts are the answers of training questions, so a
+policy may recall the country instead of searching the city. The worked traces search twice;
+evaluation reports how often a policy does (`searches`, `two_searches`: results/openbook/).
 
 Chance: a model that does not search guesses among the countries: metadata["chance"] =
 1 / n_countries (the majority answer of the split is the stronger guess; `baselines()` of the
