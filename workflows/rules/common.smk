@@ -216,6 +216,25 @@ def all_statuses():
     return [f"{run_dir(s, m, a, seed)}/status.json" for s in SUITES for m in suite_models(s) for a in ALGOS for seed in SEEDS]
 
 
+# Typos fail here, in one line, not when their job runs after the data and bases were built:
+# a suite or algorithm nobody registered (names read from the source: no torch at planning), a
+# seed listed twice (its runs would be merged into one).
+from evals.suites import SUITES as SUITE_REGISTRY
+from rlvr.algorithm_names import registered_names
+
+for _where, _names in [("suites", list(SUITES))] + [(f"suites.{s}.eval", SUITES[s].get("eval", [])) for s in SUITES]:
+    if unknown := [n for n in _names if n not in SUITE_REGISTRY]:
+        raise ValueError(f"{_where}: {unknown} are not suites (suites: {sorted(SUITE_REGISTRY)})")
+if repeated := sorted({s for s in SEEDS if SEEDS.count(s) > 1}):
+    raise ValueError(f"seeds: {repeated} listed more than once in {SEEDS} (each seed is one run per algorithm × model × suite: list distinct seeds)")
+if (_registered := registered_names(config.get("modules", []))) is not None:  # None: only importing a module tells its names (the job checks)
+    for _label in ALGOS:
+        if (_name := algo_entry(_label)[0]) not in _registered:
+            _field = f"algorithms.{_label}.name" if "name" in (ALGOS[_label] or {}) else f"algorithms.{_label}"
+            raise ValueError(f"{_field}: {_name!r} is not a registered algorithm (registered: {sorted(_registered)}; "
+                             "one of your own: `modules:`)")
+
+
 # Fail at planning time, with the field named, if any run would get an invalid run config.
 for _suite in SUITES:
     for _model in suite_models(_suite):

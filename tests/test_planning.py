@@ -1,0 +1,83 @@
+"""Planning-time errors (`snakemake -n`): a config typo fails in one line naming what is wrong and
+what is allowed, before any job runs, and planning imports no torch. (The paper config's plan is
+checked in test_search_suites.py.)"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlvr.algorithm_names import registered_names
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def plan(config: dict, tmp_path: Path, *python_flags: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, *python_flags, "-m", "snakemake", "-n", "all", "--configfile", str(path)]
+    env = {**os.environ, "PATH": f"{BIN}:/usr/bin:/bin"}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+
+
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+
+
+def with_(**changes) -> dict:
+    return {**default_config(), **changes}
+
+
+@pytest.mark.parametrize(("config", "says"), [
+    (with_(algorithms={"grpo": {}, "wapoo": {}}),
+     r"algorithms.wapoo: 'wapoo' is not a registered algorithm \(registered: \[.*'wapo'.*\]; one of your own: `modules:`\)"),
+    (with_(algorithms={"grpo": {}, "fast": {"name": "gpro", "run": {"train": {"lr": 0.001}}}}),
+     r"algorithms.fast.name: 'gpro' is not a registered algorithm \(registered: \[.*'grpo'.*\]"),
+    (with_(suites={"math": {}, "mathh": {}}), r"suites: \['mathh'\] are not suites \(suites: \[.*'math'.*\]\)"),
+    (with_(suites={"math": {"eval": ["gsm8k", "gsm8kk"]}}),
+     r"suites.math.eval: \['gsm8kk'\] are not suites \(suites: \[.*'gsm8k'.*\]\)"),
+    (with_(seeds=[0, 1, 0]), r"seeds: \[0\] listed more than once in \[0, 1, 0\] \(.*list distinct seeds\)"),
+])
+def test_a_typo_fails_planning_in_one_line(config, says, tmp_path):
+    import re
+
+    done = plan(config, tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out[-2000:]
+    assert any(re.match(says, line) for line in out.splitlines()), out[-2000:]  # the line itself
+    assert "rlvr train" not in out and "Job stats" not in out  # nothing planned, nothing run
+
+
+def test_an_algorithm_of_a_config_module_plans_and_planning_imports_no_torch(tmp_path):
+    config = with_(modules=["tests/ext_algo_example.py"], algorithms={"grpo": {}, "median": {"name": "median_baseline_example"}})
+    done = plan(config, tmp_path, "-X", "importtime")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "rlvr.algorithm_names" in imported and "torch" not in imported and "algorithms" not in imported
+
+
+def test_names_read_from_source_are_the_registrys(tmp_path):
+    """registered_names (no import) against algorithms.available() once the modules are imported,
+    in a fresh process (other tests register names of their own)."""
+    modules = ["tests/ext_algo_example.py", "tests/nan_algo.py"]
+    script = "import algorithms, json, sys; algorithms.import_modules(sys.argv[1:]); print(json.dumps(algorithms.available()))"
+    for mods in ([], modules):
+        done = subprocess.run([sys.executable, "-c", script, *mods], cwd=ROOT, capture_output=True, text=True, check=True)
+        assert registered_names(mods) == set(json.loads(done.stdout)), mods
+    assert {"nan_loss_test", "nan_grad_test", "median_baseline_example"} <= registered_names(modules)
+
+
+def test_a_module_whose_names_only_running_tells_is_not_checked(tmp_path, monkeypatch):
+    computed = tmp_path / "computed.py"
+    computed.write_text("import algorithms\nfor n in ('a', 'b'):\n    algorithms.register(f'x_{n}')(type(n, (algorithms.Algorithm,), {}))\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "algo.py").write_text("import algorithms\n\n@algorithms.register('dotted_one')\nclass A(algorithms.Algorithm):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert registered_names([str(computed)]) is None
+    assert registered_names([str(tmp_path / "missing.py")]) is None  # the job names the import error
+    assert "dotted_one" in registered_names(["pkg.algo"])
