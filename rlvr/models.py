@@ -115,19 +115,24 @@ FAMILIES: dict[str, Callable[[TinySpec, int, int, int], PretrainedConfig]] = {
 
 
 def build_tiny_model(
-    family: str, spec: TinySpec | None = None, seed: int = 0
+    family: str, spec: TinySpec | None = None, seed: int = 0, extra_eos: tuple[str, ...] = ()
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """A random-initialised causal LM of `family` with the shared byte tokenizer."""
+    """A random-initialised causal LM of `family` with the shared byte tokenizer. `extra_eos`:
+    special tokens that end a turn besides <eos>, listed in the generation config's
+    eos_token_id as Qwen3 lists <|im_end|> and <|endoftext|>."""
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; available: {sorted(FAMILIES)}")
     tok = build_tokenizer()
+    if extra_eos:
+        tok.add_special_tokens({"additional_special_tokens": list(extra_eos)})
     # Rounded up: some tokenizer classes add their own unk token (Qwen2's <|endoftext|>) on load.
     vocab = -(-len(tok) // 64) * 64
     config = FAMILIES[family](spec or TinySpec(), vocab, tok.pad_token_id, tok.eos_token_id)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
+    extra = tok.convert_tokens_to_ids(list(extra_eos))
+    model.generation_config.eos_token_id = [tok.eos_token_id, *extra] if extra else tok.eos_token_id
     return model, tok
 
 

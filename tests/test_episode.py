@@ -11,7 +11,7 @@ from rlvr.config import load_config
 from rlvr.models import TinySpec, build_tiny_model
 from rlvr.retrieval import BM25Retriever
 from rlvr.rollout import make_rollout_engine
-from rlvr.rollout.base import Turn
+from rlvr.rollout.base import Turn, stop_token_ids
 from rlvr.rollout.episode import (
     INVALID,
     EpisodeEngine,
@@ -50,6 +50,7 @@ class Scripted:
 
     def __init__(self, tok, scripts):
         self.tok, self.scripts, self.cursor, self.calls = tok, scripts, dict.fromkeys(scripts, 0), []
+        self.eos_ids = stop_token_ids(tok)
 
     def extend(self, contexts, seeds, max_new_tokens, temperature, stop=()):
         self.calls.append((len(contexts), max_new_tokens, tuple(stop)))

@@ -15,9 +15,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT, TESTS, clean_env, run_overrides, search_settings, torchrun
+from test_stop_tokens import GREEDY, check_turn_ends, two_eos_model
 
+from rlvr.config import RolloutConfig, VllmConfig
 from rlvr.device import vllm_platform
+from rlvr.rollout.base import completion_mask_from_ids
 
 pytestmark = [
     pytest.mark.vllm,
@@ -85,3 +89,35 @@ def test_search_episodes_run_on_the_engine(search_base, openbook, tmp_path):
     assert sum(r["episode/searches"] for r in rows) > 0 and all(r["episode/injected_frac"] > 0 for r in rows)
     gaps = [r["rollout/logp_diff_max"] for r in rows]
     assert max(gaps) < GAP, gaps
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """One in-process engine (a second in this process would trip on the first's distributed
+    state) over a tiny Qwen2 whose turns end at <eos> or <|im_end|> (tests/test_stop_tokens.py)."""
+    from rlvr.models import load_model_and_tokenizer, save_checkpoint
+    from rlvr.rollout.vllm import VLLMRolloutEngine
+
+    path = tmp_path_factory.mktemp("two_eos") / "qwen2"
+    save_checkpoint(*two_eos_model()[:2], path)
+    model, tok = load_model_and_tokenizer(path)  # as the trainer loads it
+    engine = VLLMRolloutEngine(model, tok, RolloutConfig(max_new_tokens=32, vllm=VllmConfig(dtype="float32")))
+    yield engine, tok
+    engine.close()
+
+
+def test_turns_end_at_either_eos_id_as_on_every_engine(engine):
+    """Sampled rows end at <eos> or <|im_end|> with the shared completion mask, and the greedy
+    turns are the native and hf engines' (tests/test_stop_tokens.py)."""
+    engine, tok = engine
+    alt = tok.convert_tokens_to_ids("<|im_end|>")
+    assert engine.eos_ids == (tok.eos_token_id, alt)
+    roll = engine.generate(["Q: 1+2=", "Q: 5", "abc", "Q: (3+4)*5-6+7="], 16, [0, 1, 2, 3])
+    seen = check_turn_ends(roll.completion_ids, roll.completion_mask, roll.truncated, {tok.eos_token_id, alt})
+    assert alt in seen and tok.eos_token_id in seen, seen
+    mask, truncated = completion_mask_from_ids(roll.completion_ids, engine.eos_ids)
+    assert torch.equal(mask, roll.completion_mask) and torch.equal(truncated, roll.truncated)
+    contexts = [tok(p, add_special_tokens=False)["input_ids"] for p in GREEDY]
+    turns = engine.extend(contexts, [0, 0], 16, 0.0)
+    assert [t.ids for t in turns] == [GREEDY["Q: 5"] + [alt], GREEDY["abc"] + [tok.eos_token_id]]
+    print(f"vLLM: {len(seen)} of {len(roll.truncated)} rows ended ({seen.count(alt)} at <|im_end|>)")

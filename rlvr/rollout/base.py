@@ -3,6 +3,7 @@ completion masks, decoding, and joining or selecting rows of rollouts."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,6 +57,8 @@ class Turn:
 
 
 class RolloutEngine(Protocol):
+    eos_ids: tuple[int, ...]  # the tokens that end a turn (stop_token_ids)
+
     def generate(self, prompts: list[str], n: int, seeds: list[int]) -> Rollouts:
         """Sample `n` completions for each prompt; completions of prompt i are rows i*n..i*n+n-1,
         drawn with prompt i's seed `seeds[i]` (native and vllm: whatever else is in the batch)."""
@@ -74,6 +77,19 @@ class RolloutEngine(Protocol):
 
     def close(self) -> None:
         """Release what the engine holds, while the process group still exists."""
+
+
+def stop_token_ids(tok, model=None) -> tuple[int, ...]:
+    """The tokens that end a turn, for every engine: the tokenizer's EOS and every EOS id of the
+    model's generation config (Qwen3 lists <|im_end|> and <|endoftext|>; vLLM stops on both)."""
+    ids = [tok.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    ids += extra if isinstance(extra, (list, tuple)) else [extra]
+    ids = tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+    if not ids:
+        raise ValueError("the tokenizer has no eos_token and the model's generation config no eos_token_id")
+    return ids
 
 
 def row_seeds(seeds: list[int], n: int) -> list[int]:
@@ -114,9 +130,9 @@ def turns_from(tokens: torch.Tensor, logps: torch.Tensor, lengths: torch.Tensor)
     return [Turn(tokens[i, :n].tolist(), logps[i, :n].tolist()) for i, n in enumerate(lengths.tolist())]
 
 
-def completion_mask_from_ids(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask tokens up to and including the first EOS; a row without EOS is truncated."""
-    is_eos = ids == eos_id
+def completion_mask_from_ids(ids: torch.Tensor, eos_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask tokens up to and including the first of `eos_ids`; a row without one is truncated."""
+    is_eos = torch.isin(ids, torch.tensor(list(eos_ids), dtype=ids.dtype, device=ids.device))
     after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
     return (~after_eos).float(), ~is_eos.any(-1)
 
@@ -137,9 +153,9 @@ def encode_prompts(
     return enc["input_ids"].repeat_interleave(n, 0), enc["attention_mask"].repeat_interleave(n, 0)
 
 
-def make_rollouts(tok, ids, mask, completion, sampling_logp) -> Rollouts:
-    """Mask everything after each row's first EOS and decode the completions."""
-    cmask, truncated = completion_mask_from_ids(completion, tok.eos_token_id)
+def make_rollouts(tok, ids, mask, completion, sampling_logp, eos_ids: Sequence[int]) -> Rollouts:
+    """Mask everything after each row's first EOS (any of eos_ids) and decode the completions."""
+    cmask, truncated = completion_mask_from_ids(completion, eos_ids)
     sampling_logp = torch.where(cmask.bool(), sampling_logp, torch.zeros_like(sampling_logp))
     texts = tok.batch_decode(
         completion * cmask.long() + tok.pad_token_id * (1 - cmask.long()),

@@ -115,6 +115,7 @@ class EpisodeEngine:
 
     def __init__(self, inner: RolloutEngine, tok, cfg: RolloutConfig, retriever: Retriever):
         self.inner, self.tok, self.cfg, self.retriever = inner, tok, cfg, retriever
+        self.eos_ids = inner.eos_ids  # a turn ends where the engine ends it
         self.settings = cfg.episode
         self.turn_tokens = min(self.settings.max_turn_tokens or cfg.max_new_tokens, cfg.max_new_tokens)
 
@@ -165,7 +166,7 @@ class EpisodeEngine:
                         searching.append((row, query))
                 else:
                     row.counts["invalid_actions"] += 1
-                    if take and take[-1] == self.tok.eos_token_id:
+                    if take and take[-1] in self.eos_ids:
                         row.finished = True  # the model stopped without acting
                     elif not last_turn:
                         self._inject(row, INVALID)

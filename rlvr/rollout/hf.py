@@ -13,6 +13,7 @@ from rlvr.rollout.base import (
     encode_prompts,
     left_pad,
     make_rollouts,
+    stop_token_ids,
     turns_from,
 )
 
@@ -22,6 +23,7 @@ class HFRolloutEngine:
 
     def __init__(self, model, tok, cfg: RolloutConfig, autocast_bf16: bool = False):
         self.model, self.tok, self.cfg = model, tok, cfg
+        self.eos_ids = stop_token_ids(tok, model)
         self.autocast_bf16 = autocast_bf16  # train.precision=bf16 on CPU: sample in bf16 too
 
     def sync_weights(self) -> None:  # samples from the live module
@@ -37,7 +39,7 @@ class HFRolloutEngine:
     def generate(self, prompts: list[str], n: int, seeds: list[int]) -> Rollouts:
         ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len, n)
         completion, sampling_logp = self._sample(ids, mask, seeds, self.cfg.max_new_tokens, self.cfg.temperature)
-        return make_rollouts(self.tok, ids, mask, completion, sampling_logp)
+        return make_rollouts(self.tok, ids, mask, completion, sampling_logp, self.eos_ids)
 
     @torch.no_grad()
     def extend(self, contexts: list[list[int]], seeds: list[int], max_new_tokens: int,
@@ -45,7 +47,7 @@ class HFRolloutEngine:
         ids, mask = left_pad(contexts, self.tok.pad_token_id)
         completion, sampling_logp = self._sample(ids, mask, seeds, max_new_tokens, temperature, stop)
         # up to EOS; a row stopped by a stop string is padded after it: the caller cuts at the tag
-        cmask, _ = completion_mask_from_ids(completion, self.tok.eos_token_id)
+        cmask, _ = completion_mask_from_ids(completion, self.eos_ids)
         return turns_from(completion, sampling_logp, cmask.sum(-1).long())
 
     def _sample(self, ids, mask, seeds, max_new_tokens, temperature, stop=()):
@@ -64,7 +66,7 @@ class HFRolloutEngine:
                 **(sampling if temperature > 0 else {"do_sample": False}),
                 max_new_tokens=max_new_tokens,
                 pad_token_id=self.tok.pad_token_id,
-                eos_token_id=self.tok.eos_token_id,
+                eos_token_id=list(self.eos_ids),
                 output_scores=True,
                 return_dict_in_generate=True,
                 **({"stop_strings": list(stop), "tokenizer": self.tok} if stop else {}),

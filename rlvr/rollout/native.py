@@ -42,6 +42,7 @@ from rlvr.rollout.base import (
     make_rollouts,
     row_uniforms,
     seeded_uniforms,
+    stop_token_ids,
     turns_from,
 )
 
@@ -83,6 +84,7 @@ class NativeRolloutEngine:
                 "eval.backend=hf (auto falls back to hf by itself)"
             )
         self.model, self.tok, self.cfg = model, tok, cfg
+        self.eos_ids = stop_token_ids(tok, model)
         # train.precision=bf16: bf16 copies of the projection weights; norms, RoPE, attention and
         # the residual stream stay fp32 (as under autocast)
         self.dtype = torch.bfloat16 if bf16 else torch.float32
@@ -136,7 +138,7 @@ class NativeRolloutEngine:
             ids.to(dev), mask.to(dev), self.cfg.max_new_tokens, self.cfg.temperature,
             self.cfg.top_p, uniforms,
         )  # fmt: skip
-        return make_rollouts(self.tok, ids, mask, tokens.cpu(), logps.cpu())
+        return make_rollouts(self.tok, ids, mask, tokens.cpu(), logps.cpu(), self.eos_ids)
 
     @torch.no_grad()
     def extend(self, contexts: list[list[int]], seeds: list[int], max_new_tokens: int,
@@ -158,8 +160,8 @@ class NativeRolloutEngine:
         uniforms: torch.Tensor | None = None, stop_ids: list[list[int]] = (),
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Continue left-padded `ids` by up to max_new_tokens; temperature 0 is greedy. Returns
-        (tokens [N, T], their log-probs, each row's length [N]); a row ends at EOS or once its
-        last tokens are one of `stop_ids` (then continues with padding), and decoding stops early
+        (tokens [N, T], their log-probs, each row's length [N]); a row ends at any of eos_ids or
+        once its last tokens are one of `stop_ids` (then continues with padding), and decoding stops early
         once every row has. Token t of row i is drawn with uniforms[i, t]
         (rollout.base.row_uniforms), or from torch's global RNG when none are given."""
         N, P = ids.shape
@@ -188,6 +190,7 @@ class NativeRolloutEngine:
         done = torch.zeros(N, dtype=torch.bool, device=dev)
         lengths = torch.full((N,), T, dtype=torch.long, device=dev)
         stops = [torch.tensor(s, device=dev) for s in stop_ids if s]
+        eos = torch.tensor(self.eos_ids, device=dev)
         tokens, logps = [], []
         for t in range(T):
             if temperature == 0:
@@ -199,7 +202,7 @@ class NativeRolloutEngine:
             tok = tok.masked_fill(done, self.tok.pad_token_id)  # finished rows emit padding
             tokens.append(tok)
             logps.append(logp)
-            ends = tok == self.tok.eos_token_id
+            ends = torch.isin(tok, eos)
             for s in stops:
                 if t + 1 >= len(s):
                     ends |= (torch.stack(tokens[-len(s) :], 1) == s).all(-1)

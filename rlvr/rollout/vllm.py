@@ -23,7 +23,7 @@ import torch
 
 from rlvr.config import RolloutConfig
 from rlvr.device import size_vllm_cpu_kv_cache, vllm_platform
-from rlvr.rollout.base import Rollouts, Turn
+from rlvr.rollout.base import Rollouts, Turn, stop_token_ids
 
 
 class VLLMRolloutEngine:
@@ -38,6 +38,9 @@ class VLLMRolloutEngine:
         from vllm.platforms import current_platform
 
         self.tok, self.cfg, self.policy = tok, cfg, policy
+        # vLLM stops on the tokenizer's and the generation config's EOS by itself; passed
+        # explicitly so its turns end where every other engine's do
+        self.eos_ids = stop_token_ids(tok, model)
         # sleep mode where the platform has it (CUDA, ROCm), not guessed from a failure
         self.sleeps = cfg.vllm.sleep_mode and current_platform.is_sleep_mode_available()
         size_vllm_cpu_kv_cache(cfg.vllm.cpu_kv_cache_gb)
@@ -135,7 +138,7 @@ class VLLMRolloutEngine:
         stops = {"stop": list(stop), "include_stop_str_in_output": True} if stop else {}
         params = [
             SamplingParams(n=n, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens,
-                           logprobs=0, seed=int(seed), **stops)
+                           logprobs=0, seed=int(seed), stop_token_ids=list(self.eos_ids), **stops)
             for seed in seeds
         ]  # fmt: skip
         return self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
