@@ -21,7 +21,7 @@ from test_stop_tokens import GREEDY, check_turn_ends, two_eos_model
 
 from rlvr.config import RolloutConfig, VllmConfig
 from rlvr.device import vllm_platform
-from rlvr.rollout.base import completion_mask_from_ids
+from rlvr.rollout.base import completion_mask_from_ids, row_seeds
 
 pytestmark = [
     pytest.mark.vllm,
@@ -104,6 +104,28 @@ def engine(tmp_path_factory):
     engine = VLLMRolloutEngine(model, tok, RolloutConfig(max_new_tokens=32, vllm=VllmConfig(dtype="float32")))
     yield engine, tok
     engine.close()
+
+
+def test_each_row_is_seeded_on_its_own(engine):
+    """Two identical prompts in adjacent groups (the trainer seeds group k with base + k): no row
+    of one is a copy of a row of the other, and row j of prompt i is extend's draw with the row's
+    seed (rlvr.rollout.base.row_seeds), as on the native engine."""
+    engine, tok = engine
+    prompt, G, seeds = "Q: 1+2=", 4, [7, 8]
+    hot = engine.cfg.model_copy(update={"temperature": 2.0})  # flatter: no copy by chance
+    engine.cfg, cfg = hot, engine.cfg
+    try:
+        roll = engine.generate([prompt, prompt], G, seeds)
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        turns = engine.extend([ids] * 2 * G, row_seeds(seeds, G), hot.max_new_tokens, hot.temperature)
+    finally:
+        engine.cfg = cfg
+    rows = [r[: int(m.sum())].tolist() for r, m in zip(roll.completion_ids, roll.completion_mask, strict=True)]
+    first, second = rows[:G], rows[G:]
+    copies = [(a, b) for a in range(G) for b in range(G) if first[a] == second[b]]
+    assert not copies, f"(group 1 row, group 2 row) pairs that are copies: {copies}"
+    assert len({tuple(r) for r in rows}) == 2 * G
+    assert rows == [t.ids for t in turns]
 
 
 def test_turns_end_at_either_eos_id_as_on_every_engine(engine):

@@ -61,7 +61,7 @@ class RolloutEngine(Protocol):
 
     def generate(self, prompts: list[str], n: int, seeds: list[int]) -> Rollouts:
         """Sample `n` completions for each prompt; completions of prompt i are rows i*n..i*n+n-1,
-        drawn with prompt i's seed `seeds[i]` (native and vllm: whatever else is in the batch)."""
+        row j drawn with row_seeds' (seeds[i], j) (native and vllm: whatever else is in the batch)."""
 
     def extend(self, contexts: list[list[int]], seeds: list[int], max_new_tokens: int,
                temperature: float, stop: tuple[str, ...] = ()) -> list[Turn]:

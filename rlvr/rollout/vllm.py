@@ -23,7 +23,7 @@ import torch
 
 from rlvr.config import RolloutConfig
 from rlvr.device import size_vllm_cpu_kv_cache, vllm_platform
-from rlvr.rollout.base import Rollouts, Turn, stop_token_ids
+from rlvr.rollout.base import Rollouts, Turn, row_seeds, stop_token_ids
 
 
 class VLLMRolloutEngine:
@@ -113,57 +113,61 @@ class VLLMRolloutEngine:
 
     def generate(self, prompts: list[str], n: int, seeds: list[int]) -> Rollouts:
         enc = self.tok(prompts, add_special_tokens=False)["input_ids"]
-        # one seeded request per prompt: its n completions do not depend on the rest of the batch
-        outputs = self._requests(enc, seeds, n, self.cfg.max_new_tokens, self.cfg.temperature)
+        # one request per row, seeded by (seeds[i], j) as native and extend seed it: a request
+        # with n > 1 seeds its child j with seed + j, so row j of group k would be row j - 1 of
+        # group k + 1 (the trainer's group seeds are consecutive)
+        rows = [ids for ids in enc for _ in range(n)]
+        outputs = self._requests(rows, row_seeds(seeds, n), self.cfg.max_new_tokens, self.cfg.temperature)
         self.sleep()  # free the GPU for the DeepSpeed update
-        return self._to_rollouts(enc, outputs, n)
+        return self._to_rollouts(rows, outputs)
 
     def extend(self, contexts: list[list[int]], seeds: list[int], max_new_tokens: int,
                temperature: float, stop: tuple[str, ...] = ()) -> list[Turn]:
         """One seeded request per context, stopping at EOS or a stop string (kept in the output:
         the tokens that complete it are the row's last)."""
-        outputs = self._requests(contexts, seeds, 1, max_new_tokens, temperature, stop)
+        outputs = self._requests(contexts, seeds, max_new_tokens, temperature, stop)
         turns = []
         for out in outputs:
             comp, toks = out.outputs[0], list(out.outputs[0].token_ids)
             turns.append(Turn(toks, _sampled_logprobs(comp, toks)))
         return turns
 
-    def _requests(self, prompt_ids: list[list[int]], seeds: list[int], n: int, max_tokens: int,
+    def _requests(self, prompt_ids: list[list[int]], seeds: list[int], max_tokens: int,
                   temperature: float, stop: tuple[str, ...] = ()):
-        """vLLM's outputs for one request per prompt (token ids), each with its own seed."""
+        """vLLM's outputs for one single-completion request per row (token ids), each with its
+        own seed."""
         from vllm import SamplingParams
 
         self.wake()
         stops = {"stop": list(stop), "include_stop_str_in_output": True} if stop else {}
         params = [
-            SamplingParams(n=n, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens,
+            SamplingParams(n=1, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens,
                            logprobs=0, seed=int(seed), stop_token_ids=list(self.eos_ids), **stops)
             for seed in seeds
         ]  # fmt: skip
         return self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
 
-    def _to_rollouts(self, enc, outputs, n) -> Rollouts:
-        """vLLM returns each completion's tokens up to and including EOS; finish_reason 'length'
-        means the budget ran out (truncated)."""
+    def _to_rollouts(self, rows: list[list[int]], outputs) -> Rollouts:
+        """One completion per row: vLLM returns its tokens up to and including EOS;
+        finish_reason 'length' means the budget ran out (truncated)."""
         pad = self.tok.pad_token_id
-        P, T, N = max(len(x) for x in enc), self.cfg.max_new_tokens, len(enc) * n
+        P, T, N = max(len(x) for x in rows), self.cfg.max_new_tokens, len(rows)
         prompt_ids = torch.full((N, P), pad)
         prompt_mask = torch.zeros((N, P), dtype=torch.long)
         completion_ids = torch.full((N, T), pad)
         cmask = torch.zeros((N, T))
         sampling_logp = torch.zeros((N, T))
         truncated = torch.zeros(N, dtype=torch.bool)
-        for i, (ids, out) in enumerate(zip(enc, outputs, strict=True)):
-            for j, comp in enumerate(out.outputs):
-                row, toks = i * n + j, list(comp.token_ids)[:T]
-                prompt_ids[row, P - len(ids) :] = torch.tensor(ids)
-                prompt_mask[row, P - len(ids) :] = 1
-                completion_ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-                cmask[row, : len(toks)] = 1
-                lp = _sampled_logprobs(comp, toks)
-                sampling_logp[row, : len(lp)] = torch.tensor(lp)
-                truncated[row] = comp.finish_reason == "length"
+        for row, (ids, out) in enumerate(zip(rows, outputs, strict=True)):
+            comp = out.outputs[0]
+            toks = list(comp.token_ids)[:T]
+            prompt_ids[row, P - len(ids) :] = torch.tensor(ids)
+            prompt_mask[row, P - len(ids) :] = 1
+            completion_ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+            cmask[row, : len(toks)] = 1
+            lp = _sampled_logprobs(comp, toks)
+            sampling_logp[row, : len(lp)] = torch.tensor(lp)
+            truncated[row] = comp.finish_reason == "length"
         texts = [
             self.tok.decode(completion_ids[r, : int(cmask[r].sum())], skip_special_tokens=True)
             for r in range(N)
