@@ -3,7 +3,8 @@ https://arxiv.org/abs/2503.20783).
 
     A_i = R_i - mean_g R                                  no std division
     ℓ_it = -min(r_it A_i, clip(r_it, 1 - ε, 1 + ε) A_i)  (as GRPO, no KL)
-    loss = Σ_i Σ_t ℓ_it m_it / (B · L)                   B = completions in the mini-batch,
+    loss = Σ_i Σ_t ℓ_it m_it / (B · L)                   B = completions in the mini-batch
+                                                           (with a mask token),
                                                            L = max_new_tokens (a constant)
 
 References and where they disagree:
@@ -48,8 +49,10 @@ class DrGRPO(Algorithm):
     def loss_normalizer(
         self, adv: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tensor
     ) -> torch.Tensor:
-        """B · L: completions in the mini-batch times the generation budget."""
-        return torch.tensor(float(len(adv) * self.shape.max_new_tokens), device=mask.device)
+        """B · L: completions in the mini-batch (with a mask token: one the loop dropped, e.g. by
+        the sequence mask, is not in the batch) times the generation budget."""
+        rows = mask.bool().any(-1).sum()
+        return (rows * self.shape.max_new_tokens).to(torch.get_default_dtype())
 
     def policy_loss(
         self,

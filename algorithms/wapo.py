@@ -6,7 +6,9 @@ github.com/layer6ai-labs/wapo, `loss_type="wapo"` in verifiers/rl/trainer).
     ℓ_it = -min(r_it, 1 + ε) · A_i              one-sided cap, ε = 9 (ratio capped at 10)
     loss = Σ_{i: A_i > 0} Σ_t ℓ_it m_it / (G · L_seq · n_pos)
     G = group size, L_seq = max_prompt_len + max_new_tokens, n_pos = groups in the mini-batch
-    with at least one winner. All-equal groups (A = 0) and groups of one drop out by themselves.
+    with at least one winner that has a token in the mask (a winner the loop's mismatch
+    correction dropped does not count). All-equal groups (A = 0) and groups of one drop out by
+    themselves.
 
 Followed: the layer6ai-labs/wapo trainer. There the per-token weight is 1 / (G · max_seq_len)
 (orchestrator, mean level "group") and the outer normaliser is the number of groups with a
@@ -49,9 +51,11 @@ class WAPO(Algorithm):
     def loss_normalizer(
         self, adv: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tensor
     ) -> torch.Tensor:
-        """G · L_seq · n_pos over the whole mini-batch (n_pos: groups with some A > 0)."""
+        """G · L_seq · n_pos over the whole mini-batch (n_pos: groups with a winner, A > 0, that
+        has a mask token: a winner the loop dropped, e.g. by the sequence mask, trains nothing)."""
         gids = torch.as_tensor(group_ids)
-        n_pos = torch.unique(gids[(adv > 0).to(gids.device)]).numel()
+        winners = (adv > 0).to(mask.device) & mask.bool().any(-1)
+        n_pos = torch.unique(gids[winners.to(gids.device)]).numel()
         shape = self.shape
         return torch.tensor(float(shape.group_size * shape.max_seq_len * n_pos), device=mask.device)
 

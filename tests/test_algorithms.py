@@ -247,7 +247,8 @@ def closed_form_grad(name, hp, logp, old, ref, adv, mask):
     if name == "grpo":
         lo, hi, w, z = 0.8, 1.2, 1 / n_tok.clamp(min=1), (n_tok > 0).sum()
     elif name == "dr_grpo":
-        lo, hi, w, z = 0.8, 1.2, torch.ones(B, dtype=F64), B * 6  # L = 6
+        # L = 6; B counts completions with a token (row 5 is empty: as one the loop dropped)
+        lo, hi, w, z = 0.8, 1.2, torch.ones(B, dtype=F64), (n_tok > 0).sum() * 6
     elif name == "dapo":
         lo, hi, w, z = 0.8, 1.28, torch.ones(B, dtype=F64), m.sum()
     else:  # wapo: winners only; Z = G·(P + L)·n_pos = 4·11·2 (both groups have a winner)

@@ -60,19 +60,25 @@ def test_a_bad_band_is_a_one_line_config_error():
 
 
 PROMPTS = [f"Q: {a}+{b}=" for a, b in ((1, 2), (13, 5), (40, 41), (7, 77))]
+# group 2 (rows 8-11): row 8 is its only winner
+REWARDS = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1])
 
 
-def one_update(mismatch: torch.Tensor | None, *overrides: str, drop_groups=()) -> float:
-    """The metrics of one GRPO update of a tiny Qwen2 on a fixed batch whose engine
-    log-probs are shifted by `mismatch` [N] per row (log π_old − log π_rollout, every token)."""
+def setup(name: str, overrides, hparams=None):
     cfg = load_config(None, ["rollout.max_new_tokens=10", "train.mini_batches=1", "train.micro_batch_size=4",
                              "train.entropy_delta_every=0", *overrides])  # fmt: skip
-    algo = algorithms.get("grpo").bind(group_size=4, max_new_tokens=10, max_prompt_len=64)
+    algo = algorithms.get(name, **(hparams or {})).bind(group_size=4, max_new_tokens=10, max_prompt_len=64)
     model, tok = build_tiny_model("qwen2", seed=5)
     policy = Policy(model, cfg)
     roll = NativeRolloutEngine(policy.module, tok, cfg.rollout).generate(PROMPTS, 4, [0, 1, 2, 3])
-    gids = torch.arange(len(PROMPTS)).repeat_interleave(4)
-    rewards = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1])
+    return cfg, algo, policy, roll
+
+
+def one_update(mismatch: torch.Tensor | None, *overrides: str, drop_groups=(), algo_name="grpo") -> dict:
+    """The metrics of one update of a tiny Qwen2 on a fixed batch whose engine log-probs are
+    shifted by `mismatch` [N] per row (log π_old − log π_rollout, every token)."""
+    cfg, algo, policy, roll = setup(algo_name, overrides)
+    gids, rewards = torch.arange(len(PROMPTS)).repeat_interleave(4), REWARDS
     keep = ~torch.isin(gids, torch.tensor(list(drop_groups), dtype=torch.long))
     if mismatch is not None:
         roll.sampling_logp = roll.sampling_logp - mismatch[:, None] * roll.completion_mask
@@ -81,7 +87,8 @@ def one_update(mismatch: torch.Tensor | None, *overrides: str, drop_groups=()) -
 
         roll, gids, rewards = select_rows(roll, keep.nonzero().squeeze(-1)), gids[keep], rewards[keep]
     batch = Batch(roll, gids, rewards)
-    batch.adv = algo.advantages(rewards, gids)
+    lengths = {"lengths": roll.model_lengths} if algo.advantage_lengths else {}
+    batch.adv = algo.advantages(rewards, gids, **lengths)
     return PolicyUpdate(policy, algo, cfg)(batch, step=0)
 
 
@@ -100,12 +107,29 @@ def test_the_loop_scales_every_token_gradient_by_its_truncated_weight():
     assert capped["actor/loss"] == pytest.approx(plain_run["actor/loss"], abs=1e-6)
 
 
-def test_the_loop_drops_completions_outside_the_band_from_the_update():
+# the normaliser families: sequences with a token (grpo, gspo, gmpo, sapo), B·L (dr_grpo), tokens
+# (dapo), groups with a winner (wapo), the trained rows' tokens (psr). Not reinforce_pp or gpg:
+# their advantages are the batch's (whitening, α = B / B_valid), computed before the update
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "wapo", "gspo", "gmpo", "sapo", "psr"])
+def test_the_loop_drops_completions_outside_the_band_from_the_update(name):
     # groups 1 and 3 (rows 4-7, 12-15) sampled by an engine 3x more confident than the trainer
     shift = torch.zeros(16)
     shift[4:8] = shift[12:16] = L(1 / 3)
-    masked = one_update(shift, "correction.seq_mask=true", "correction.seq_band=[0.5,2.0]")
+    masked = one_update(shift, "correction.seq_mask=true", "correction.seq_band=[0.5,2.0]", algo_name=name)
     assert masked["correction/seq_masked_frac"] == pytest.approx(0.5)
     # the same update as on a batch that never held those groups (they leave the normaliser too)
-    alone = one_update(None, drop_groups=(1, 3))
+    alone = one_update(None, drop_groups=(1, 3), algo_name=name)
     assert masked["actor/grad_norm"] == pytest.approx(alone["actor/grad_norm"], rel=1e-5)
+    assert masked["actor/loss"] == pytest.approx(alone["actor/loss"], rel=1e-5, abs=1e-7)
+
+
+def test_a_winner_the_sequence_mask_drops_leaves_wapos_group_count():
+    """Row 8 is group 2's only winner (A > 0; its losers train nothing under WAPO): dropped by the
+    sequence mask, group 2 leaves n_pos, so the update is the one without group 2 (n_pos 3, not 4)."""
+    shift = torch.zeros(16)
+    shift[8] = L(1 / 3)
+    masked = one_update(shift, "correction.seq_mask=true", algo_name="wapo")
+    assert masked["correction/seq_masked_frac"] == pytest.approx(1 / 16)
+    alone = one_update(None, drop_groups=(2,), algo_name="wapo")
+    assert masked["actor/grad_norm"] == pytest.approx(alone["actor/grad_norm"], rel=1e-5)
+    assert masked["actor/loss"] == pytest.approx(alone["actor/loss"], rel=1e-5)
