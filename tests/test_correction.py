@@ -107,6 +107,63 @@ def test_the_loop_scales_every_token_gradient_by_its_truncated_weight():
     assert capped["actor/loss"] == pytest.approx(plain_run["actor/loss"], abs=1e-6)
 
 
+def hf_logp(model, r) -> torch.Tensor:
+    """log π of every completion token [N, T] by a plain transformers forward of the whole padded
+    batch (not the loop's scoring: no micro-batches, no cut padding, no native forward)."""
+    ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
+    attn = torch.cat([r.prompt_mask, r.completion_mask.long()], 1)
+    T = r.completion_ids.shape[1]
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits
+    return torch.log_softmax(logits[:, -T - 1 : -1].float(), -1).gather(-1, r.completion_ids[..., None]).squeeze(-1)
+
+
+# WAPO's cap at ratio 10 is never reached here: at 1.2 it clips
+@pytest.mark.parametrize("name,hparams", [("grpo", {}), ("dapo", {}), ("wapo", {"clip_ratio_high": 0.2}), ("cispo", {})])
+def test_each_token_gradient_is_scaled_by_its_own_weight_where_the_clip_acts(name, hparams):
+    """TIS with a different weight on every token (0.1 to the cap 2) and 2 epochs at a high lr, so
+    the second epoch's ratios π/π_old are far from 1 and the clip acts: each optimizer step's
+    gradient, as the loop accumulated it over 4 micro-batches, equals ∂/∂θ Σ w·(∂loss/∂log π)·log π
+    over the whole batch (a weight on the wrong token, row or epoch would not)."""
+    cfg, algo, policy, roll = setup(name, ["train.epochs=2", "train.lr=1e-2", "correction.tis=true",
+                                           "correction.tis_cap=2"], hparams)  # fmt: skip
+    gids = torch.arange(len(PROMPTS)).repeat_interleave(4)
+    shift = 0.8 * torch.randn(roll.sampling_logp.shape, generator=torch.Generator().manual_seed(3))
+    roll.sampling_logp = roll.sampling_logp - shift * roll.completion_mask
+    batch = Batch(roll, gids, REWARDS)
+    batch.adv = algo.advantages(REWARDS, gids)
+    steps, step = [], policy.step  # (the weights, the gradient) at each optimizer step
+
+    def recording_step():
+        steps.append(({k: v.detach().clone() for k, v in policy.module.state_dict().items()},
+                      {k: p.grad.detach().clone() for k, p in policy.module.named_parameters()}))  # fmt: skip
+        return step()
+
+    policy.step = recording_step
+    metrics = PolicyUpdate(policy, algo, cfg)(batch, step=0)
+    assert len(steps) == 2 and metrics["actor/skipped_updates"] == 0
+    mask = roll.completion_mask
+    model = build_tiny_model("qwen2", seed=5)[0]
+    model.load_state_dict(steps[0][0])
+    with torch.no_grad():
+        old = hf_logp(model, roll)
+    weights = torch.where(mask > 0, (old - roll.sampling_logp).exp().clamp(max=2.0), torch.ones_like(old))
+    assert weights[mask > 0].min() < 0.2 and (weights[mask > 0] == 2.0).float().mean() > 0.1
+    clipped = []
+    for state, grads in steps:
+        model.load_state_dict(state)
+        model.zero_grad()
+        logp = hf_logp(model, roll)
+        at = logp.detach().requires_grad_()
+        z = algo.loss_normalizer(batch.adv, mask, gids)
+        loss, stats = algo.policy_loss(at, old, batch.adv, mask, gids, normalizer=z)
+        (per_token,) = torch.autograd.grad(loss, at)
+        ((weights * per_token).detach() * logp).sum().backward()
+        for k, p in model.named_parameters():  # measured: within 1e-6 of the gradient's norm
+            torch.testing.assert_close(grads[k], p.grad, rtol=1e-4, atol=1e-6, msg=f"{name}: {k}")
+        clipped.append(float(stats["clipfrac_low"] + stats["clipfrac_high"]))
+    assert clipped[0] == 0 and clipped[1] > 0.1, clipped  # ratio 1, then far from it
+
+
 # the normaliser families: sequences with a token (grpo, gspo, gmpo, sapo), B·L (dr_grpo), tokens
 # (dapo), groups with a winner (wapo), the trained rows' tokens (psr). Not reinforce_pp or gpg:
 # their advantages are the batch's (whitening, α = B / B_valid), computed before the update
