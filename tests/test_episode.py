@@ -1,16 +1,20 @@
 """rlvr.rollout.episode: search episodes at the token level. The turn logic runs against a
 scripted sampler (each prompt's turns in order, as token ids) and BM25 over a small corpus; the
-real engines (native, hf) run the same episodes on a tiny model."""
+real engines (native, hf) run the same episodes on a tiny model. A trained byte-level BPE, whose
+tokens straddle the tags, checks the cut after a tag and the counters where one character is not
+one token."""
 
 import json
 
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 from rlvr.config import load_config
 from rlvr.models import TinySpec, build_tiny_model
 from rlvr.retrieval import BM25Retriever
-from rlvr.rollout import make_rollout_engine
+from rlvr.rollout import HFRolloutEngine, NativeRolloutEngine, make_rollout_engine
 from rlvr.rollout.base import Turn, stop_token_ids
 from rlvr.rollout.episode import (
     INVALID,
@@ -184,3 +188,109 @@ def test_real_engines_run_episodes_deterministically(tiny, corpus, engine):
         alone = sampler.generate(["Q: bb"], 2, [6])
         n = int(alone.lengths[0])
         assert torch.equal(alone.completion_ids[0, :n], first.completion_ids[2, :n])
+
+
+# ---- a BPE tokenizer whose tokens straddle the tags
+
+@pytest.fixture(scope="module")
+def bpe():
+    """A byte-level BPE trained on Search-R1-shaped episodes (no pre-split, as the byte tokenizer):
+    standalone "</search>" is '</search' '>', but "</search>\n\n" is '</search' '>\n' '\n'."""
+    text = []
+    for name, town, year in (("Mira Holt", "Alder Vale", 1901), ("Ann Berg", "Oslo", 1950), ("Tom Reed", "Lyon", 1877)):
+        text += [f"I look. <search>home town of {name}</search>\n\n<information>Doc 1(Title: \"{town}\") {town} is the "
+                 f"home town of {name}.</information>\n\n<answer>{town}</answer>",
+                 f"<search>{name} born</search>\n\n<information>Doc 1(Title: \"{name}\") {name} was born in "
+                 f"{year}.</information>\n\n<answer>{year}</answer>"]  # fmt: skip
+    model = Tokenizer(models.BPE())
+    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    model.decoder = decoders.ByteLevel()
+    model.train_from_iterator(text * 20, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))  # fmt: skip
+    return PreTrainedTokenizerFast(tokenizer_object=model, pad_token="<pad>", eos_token="<eos>", padding_side="left")
+
+
+def pieces(tok, ids):
+    return [tok.decode([i]) for i in ids]
+
+
+def encode(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+TURN1 = "I look. <search>home town of Mira Holt</search>\n\nignored"
+CUT1 = ["I look. <search>home town of ", "Mira Holt", "</search", ">\n"]  # through the straddling token
+
+
+def test_a_bpe_episode_is_cut_after_the_token_that_completes_the_tag(bpe, corpus, retriever):
+    tok = bpe
+    assert pieces(tok, encode(tok, "</search>")) == ["</search", ">"]
+    assert pieces(tok, encode(tok, TURN1))[2:5] == ["</search", ">\n", "\n"]  # the tag's '>' merged
+    cfg = settings(corpus, **{"rollout.episode.top_k": 1})
+    _, roll = run(tok, cfg, retriever, {"Q:": [TURN1, "<search>Mira Holt born</search>", "<answer>1901</answer><eos>"]})
+    info = [information(retriever.search([q], 1)[0], cfg.episode) for q in ("home town of Mira Holt", "Mira Holt born")]
+    segments = [(encode(tok, TURN1)[:4], 1), (encode(tok, info[0]), 0), (encode(tok, "<search>Mira Holt born</search>"), 1),
+                (encode(tok, info[1]), 0), (encode(tok, "<answer>1901</answer>"), 1)]  # fmt: skip
+    assert pieces(tok, segments[0][0]) == CUT1
+    ids = [i for seg, _ in segments for i in seg]
+    assert roll.completion_ids[0].tolist() == ids  # the sampled tokens, never re-tokenized text
+    assert roll.loss_mask[0].tolist() == [float(m) for seg, m in segments for _ in seg]
+    assert roll.sampling_logp[0].tolist() == [-0.5 * m for seg, m in segments for _ in seg]
+    # the straddling token's '\n' stays (it is the model's token); nothing after it does
+    assert roll.texts == ["I look. <search>home town of Mira Holt</search>\n" + info[0] + "<search>Mira Holt born</search>"
+                          + info[1] + "<answer>1901</answer>"]  # fmt: skip
+    injected = len(segments[1][0]) + len(segments[3][0])
+    assert injected < len(info[0]) + len(info[1])  # tokens, not characters
+    assert {k: float(v[0]) for k, v in roll.episode.items()} == {
+        "turns": 3, "searches": 2, "invalid_actions": 0, "answered": 1, "empty_results": 0,
+        "truncated_queries": 0, "injected_tokens": injected}
+
+
+def chain_model(tok, prompt: str, script: str):
+    """A Qwen2 that writes `script` after `prompt`, then EOS, at any temperature: each script
+    token's embedding is its own basis vector, the layers add nothing (zero output projections),
+    and its successor's output row reads that vector (logit 80 against 0)."""
+    chain = encode(tok, prompt)[-1:] + encode(tok, script)
+    successor = dict(zip(chain[:-1], chain[1:], strict=True))
+    assert len(set(chain)) == len(chain)  # one successor each
+    config = Qwen2Config(vocab_size=448, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
+                         tie_word_embeddings=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        E, W = model.model.embed_tokens.weight, model.lm_head.weight
+        E.zero_(), W.zero_()
+        E[:, 0], W[tok.eos_token_id, 0] = 1, 10  # any other token: EOS next
+        for i, (a, b) in enumerate(successor.items(), 1):
+            E[a, 0], E[a, i], W[b, i] = 0, 1, 10
+    return model, successor
+
+
+@pytest.mark.parametrize("engine", [NativeRolloutEngine, HFRolloutEngine], ids=["native", "hf"])
+def test_a_real_engine_stops_at_a_tag_inside_a_merged_token(bpe, corpus, retriever, engine):
+    """The native decoder stopped only on the tag's standalone tokenization ('</search' '>'), so
+    a turn that wrote '</search' '>\n' ran on to EOS; now every engine stops at that token."""
+    tok = bpe
+    model, successor = chain_model(tok, "Q:", TURN1)
+    cfg = settings(corpus, **{"rollout.episode.top_k": 1, "rollout.max_new_tokens": 200, "rollout.episode.max_turn_tokens": 32})
+    sampler = engine(model, tok, cfg)
+    turn = sampler.extend([encode(tok, "Q:")], [0], 32, 1.0, ("</search>", "</answer>"))[0]
+    assert pieces(tok, turn.ids) == CUT1
+    roll = EpisodeEngine(sampler, tok, cfg, retriever).generate(["Q:"], 1, [0])
+    info = encode(tok, information(retriever.search(["home town of Mira Holt"], 1)[0], cfg.episode))
+    second = []  # turn 2 continues the chain from the passages' last token, to EOS: no action
+    while (nxt := successor.get((second or info)[-1], tok.eos_token_id)) != tok.eos_token_id:
+        second.append(nxt)
+    second.append(tok.eos_token_id)
+    ids = turn.ids + info + second
+    assert roll.completion_ids[0].tolist() == ids
+    assert roll.loss_mask[0].tolist() == [1.0] * len(turn.ids) + [0.0] * len(info) + [1.0] * len(second)
+    assert {k: float(v[0]) for k, v in roll.episode.items()} == {
+        "turns": 2, "searches": 1, "invalid_actions": 1, "answered": 0, "empty_results": 0,
+        "truncated_queries": 0, "injected_tokens": len(info)}
+    assert not roll.truncated[0]

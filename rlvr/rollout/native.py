@@ -89,6 +89,7 @@ class NativeRolloutEngine:
         # the residual stream stay fp32 (as under autocast)
         self.dtype = torch.bfloat16 if bf16 else torch.float32
         self.dims = Dims.of(model.config)
+        self._finals: dict[tuple[str, ...], torch.Tensor] = {}
 
     def sync_weights(self) -> None:  # weights are read from the live module at every generate
         pass
@@ -129,6 +130,28 @@ class NativeRolloutEngine:
             x = residual_linear(x, swiglu(F.linear(rms_norm(x, ln2, d.eps).to(dt), wgu, bgu)), wd, bd)
         return x
 
+    def _stop_finals(self, stop: tuple[str, ...], vocab: int) -> torch.Tensor:
+        """[vocab] bool: the tokens that can complete a stop string, their text holding one's
+        last character (or, for a non-ASCII one, part of its bytes); cached per stop tuple."""
+        if stop not in self._finals:
+            texts = self.tok.batch_decode([[i] for i in range(vocab)], skip_special_tokens=True)
+            marks = {s[-1] for s in stop}
+            marks |= {"\ufffd"} if any(not m.isascii() for m in marks) else set()
+            self._finals[stop] = torch.tensor([any(m in t for m in marks) for t in texts])
+        return self._finals[stop]
+
+    def _holds_stop(self, tokens: list[torch.Tensor], finals, stop, live) -> torch.Tensor:
+        """[N] bool: live rows whose new text now holds a stop string, however it was tokenized
+        (a BPE token may straddle the tag, '>\n'); only rows whose newest token can complete
+        one are decoded, as the episode decodes them (special tokens skipped)."""
+        out = torch.zeros_like(live)
+        rows = (live & finals[tokens[-1]]).nonzero().squeeze(-1).tolist()
+        if rows:
+            texts = self.tok.batch_decode(torch.stack(tokens, 1)[rows].tolist(), skip_special_tokens=True)
+            for r, text in zip(rows, texts, strict=True):
+                out[r] = any(s in text for s in stop)
+        return out
+
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, seeds: list[int]) -> Rollouts:
         ids, mask = encode_prompts(self.tok, prompts, self.cfg.max_prompt_len, n)
@@ -145,24 +168,21 @@ class NativeRolloutEngine:
                temperature: float, stop: tuple[str, ...] = ()) -> list[Turn]:
         ids, mask = left_pad(contexts, self.tok.pad_token_id)
         dev = self.model.device
-        # a stop string ends a row when the row's last tokens are its standalone tokenization
-        # (exact for the byte tokenizer); a tag tokenized otherwise is cut by the caller
-        stop_ids = [self.tok(s, add_special_tokens=False)["input_ids"] for s in stop]
         tokens, logps, lengths = self.decode(
             ids.to(dev), mask.to(dev), max_new_tokens, temperature, self.cfg.top_p,
-            seeded_uniforms(seeds, max_new_tokens).to(dev), stop_ids,
+            seeded_uniforms(seeds, max_new_tokens).to(dev), stop,
         )  # fmt: skip
         return turns_from(tokens.cpu(), logps.cpu(), lengths.cpu())
 
     @torch.no_grad()
     def decode(
         self, ids, mask, max_new_tokens: int, temperature: float, top_p: float = 1.0,
-        uniforms: torch.Tensor | None = None, stop_ids: list[list[int]] = (),
+        uniforms: torch.Tensor | None = None, stop: tuple[str, ...] = (),
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Continue left-padded `ids` by up to max_new_tokens; temperature 0 is greedy. Returns
         (tokens [N, T], their log-probs, each row's length [N]); a row ends at any of eos_ids or
-        once its last tokens are one of `stop_ids` (then continues with padding), and decoding stops early
-        once every row has. Token t of row i is drawn with uniforms[i, t]
+        once its new text holds a `stop` string (then continues with padding), and decoding stops
+        early once every row has. Token t of row i is drawn with uniforms[i, t]
         (rollout.base.row_uniforms), or from torch's global RNG when none are given."""
         N, P = ids.shape
         T, L = max_new_tokens, len(self.model.model.layers)
@@ -189,8 +209,8 @@ class NativeRolloutEngine:
         cos, signed_sin = cos.transpose(0, 1).contiguous(), signed_sin.transpose(0, 1).contiguous()
         done = torch.zeros(N, dtype=torch.bool, device=dev)
         lengths = torch.full((N,), T, dtype=torch.long, device=dev)
-        stops = [torch.tensor(s, device=dev) for s in stop_ids if s]
         eos = torch.tensor(self.eos_ids, device=dev)
+        finals = self._stop_finals(stop, head.shape[0]).to(dev) if stop else None
         tokens, logps = [], []
         for t in range(T):
             if temperature == 0:
@@ -203,9 +223,8 @@ class NativeRolloutEngine:
             tokens.append(tok)
             logps.append(logp)
             ends = torch.isin(tok, eos)
-            for s in stops:
-                if t + 1 >= len(s):
-                    ends |= (torch.stack(tokens[-len(s) :], 1) == s).all(-1)
+            if finals is not None:
+                ends |= self._holds_stop(tokens, finals, stop, ~done & ~ends)
             lengths.masked_fill_(ends & ~done, t + 1)
             done |= ends
             if t == T - 1 or bool(done.all()):
