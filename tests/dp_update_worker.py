@@ -5,7 +5,9 @@ weights and the update's metrics to OUT/<name>.pt; tests/test_data_parallel.py c
 1-process run with a 2-rank one.
 
 The batch is the same on every rank and in every run: a tiny Qwen2 (seeded) samples 8 prompts ×
-4 completions with fixed seeds, and the rewards are a fixed random 0/1 draw.
+4 completions with fixed seeds, and the rewards are a fixed random 0/1 draw. Some cases change it
+the same way everywhere (TWEAKS): a loss that is NaN on the micro-batch holding one row (so on
+one rank only).
 """
 
 from __future__ import annotations
@@ -28,21 +30,40 @@ from rlvr.update import Batch, Policy, PolicyUpdate  # noqa: E402
 
 PROMPTS = [f"Q: {a}+{b}=" for a, b in ((1, 2), (13, 5), (40, 41), (7, 77), (9, 9), (2, 50), (61, 3), (8, 30))]
 G = 4
+NAN_GROUP = 100  # the label of the one row whose micro-batch has a NaN loss (nan_group_test)
 # (label, algorithm, hparams, train overrides): every registered algorithm off-policy (2
 # mini-batches: a measured `before`, gathered), GRPO also on-policy (the update's own forward)
-# and at ZeRO 1 and 2, and the outside example algorithm
+# and at ZeRO 1 and 2, and the outside example algorithm; then cases whose batch is changed by the
+# TWEAKS named in their label
 EXTRA = [
     ("grpo@on_policy", "grpo", {}, ["train.mini_batches=1"]),
     ("grpo@zero1", "grpo", {}, ["train.zero_stage=1"]),
     ("grpo@zero2", "grpo", {}, ["train.zero_stage=2"]),
     ("median_baseline_example", "median_baseline_example", {}, []),
+    ("nan_row", "nan_group_test", {"nan_group": NAN_GROUP}, []),
+    ("nan_row@zero1", "nan_group_test", {"nan_group": NAN_GROUP}, ["train.zero_stage=1"]),
+    ("nan_row@zero2", "nan_group_test", {"nan_group": NAN_GROUP}, ["train.zero_stage=2"]),
 ]
 
 
 def cases() -> list[tuple[str, str, dict, list[str]]]:
-    algorithms.import_modules(["ext_algo_example"])
-    own = [(name, name, {}, []) for name in algorithms.available() if name != "median_baseline_example"]
+    algorithms.import_modules(["ext_algo_example", "nan_algo"])
+    outside = ("median_baseline_example", "nan_loss_test", "nan_grad_test", "nan_group_test")
+    own = [(name, name, {}, []) for name in algorithms.available() if name not in outside]
     return own + EXTRA
+
+
+def with_nan_row(batch: Batch, algo) -> Batch:
+    """Row 1 relabelled into a group of its own (advantages kept): nan_group_test's loss is NaN
+    on the micro-batch that holds it, i.e. on one rank only; its mini-batch is the first one."""
+    batch.group_ids = batch.group_ids.clone()
+    batch.group_ids[1] = NAN_GROUP
+    return batch
+
+
+TWEAKS = {
+    "nan_row": [with_nan_row],
+}
 
 
 def fixed_batch(model, tok, cfg, algo) -> Batch:
@@ -80,6 +101,8 @@ def main(out: Path, only: list[str]) -> None:
         for group in policy.optimizer.param_groups:
             group["eps"] = 1e-2
         batch = fixed_batch(policy.module, tok, cfg, algo)
+        for tweak in (t for part in label.split("@") for t in TWEAKS.get(part, [])):
+            batch = tweak(batch, algo)
         metrics = PolicyUpdate(policy, algo, cfg, ref)(batch, step=0)
         if is_main():
             state = {k: v.detach().clone() for k, v in policy.module.state_dict().items()}

@@ -1,5 +1,5 @@
-"""Deliberately broken algorithms for the loop's non-finite paths: GRPO whose loss is NaN, and
-GRPO whose loss is finite but whose gradient is NaN."""
+"""Deliberately broken algorithms for the loop's non-finite paths: GRPO whose loss is NaN, GRPO
+whose loss is finite but whose gradient is NaN, and GRPO whose loss is NaN on one group's rows."""
 
 from dataclasses import dataclass
 
@@ -41,3 +41,19 @@ class NaNGradient(GRPO):
             _NaNGradient.apply(logp), old_logp, adv, mask, group_ids,
             normalizer=normalizer, ref_logp=ref_logp,
         )  # fmt: skip
+
+
+@algorithms.register("nan_group_test")
+@dataclass
+class NaNGroup(GRPO):
+    """GRPO whose loss is NaN on any micro-batch holding a row of group `nan_group`: with that group
+    one row, on one rank of a data-parallel update only (tests/dp_update_worker.py)."""
+
+    nan_group: int = -1
+
+    def policy_loss(self, logp, old_logp, adv, mask, group_ids, *, normalizer=None, ref_logp=None):
+        loss, stats = super().policy_loss(
+            logp, old_logp, adv, mask, group_ids, normalizer=normalizer, ref_logp=ref_logp
+        )
+        poisoned = bool((torch.as_tensor(group_ids) == self.nan_group).any())
+        return (loss * float("nan") if poisoned else loss), stats

@@ -68,7 +68,7 @@ class Tally:
                 sums[k] = sums.get(k, 0.0) + v
         tokens = max(sums.get("tokens", 0.0), 1.0)
         out = {f"actor/{k}": v / tokens for k, v in sums.items() if k not in COUNT_STATS + ("loss",)}
-        out["actor/loss"] = sums.get("loss", 0.0) / max(self.applied + self.skipped, 1)
+        out["actor/loss"] = sums.get("loss", 0.0) / max(self.applied, 1)  # a skipped step adds none
         for k in COUNT_STATS:  # per pass over the batch
             if k in sums:
                 out[f"actor/{k}_per_epoch"] = sums[k] / epochs
@@ -201,7 +201,7 @@ class PolicyUpdate:
         # the whole (global) mini-batch's normaliser, on every rank
         normalizer = self.algo.loss_normalizer(batch.adv[mb], mask[mb], batch.group_ids[mb], **extra)
         self.policy.zero_grad()
-        finite = True
+        finite, calls, trained = True, 0, []
         if self.whole_mini_batches:
             micro_batches = [mb]
         else:
@@ -224,21 +224,25 @@ class PolicyUpdate:
             loss, stats = self.algo.policy_loss(
                 logp, old, batch.adv[micro], mask[micro], batch.group_ids[micro], **keywords
             )
-            # a non-finite loss poisons the whole mini-batch update: skip its backward
-            # (the statistics of the remaining micro-batches are still measured)
+            # a non-finite loss poisons the whole mini-batch update: skip its backward (the
+            # remaining micro-batches are still scored, for the on-policy recorder)
             finite = finite and bool(torch.isfinite(loss))
             if not finite:
                 continue
             self.policy.backward(loss)
-            tally.add(loss, stats)
+            calls += 1
+            trained.append((loss.detach(), stats))
         if self.policy.reduces_in_backward:
-            self.balance_backward_calls(r, mb, len(micro_batches))
+            self.balance_backward_calls(r, mb, calls)
         finite = not any_rank(not finite)  # one rank's non-finite loss skips the step everywhere
         if finite:
             norm, finite = self.policy.step()
             tally.grad_norms.append(norm)
         else:
-            self.policy.zero_grad()
+            self.discard_gradients(r, mb)
+        # a skipped step trained nothing, on any rank: its statistics are not counted either
+        for loss, stats in trained if finite else []:
+            tally.add(loss, stats)
         tally.applied += finite
         tally.skipped += not finite
 
@@ -270,14 +274,28 @@ class PolicyUpdate:
         return by_length[rank :: self.world].sort().values
 
     def balance_backward_calls(self, r: Rollouts, mb: torch.Tensor, done: int) -> None:
-        """Run zero-loss backward passes until this rank has made as many backward calls as the
-        rank with the most micro-batches (ZeRO 2/3 reduce inside backward, collectively)."""
+        """Run zero-loss backward passes until this rank, after `done` backward calls (fewer than
+        its micro-batches when a non-finite loss skipped the rest), has made as many as the rank
+        with the most micro-batches (ZeRO 2/3 reduce inside backward, collectively)."""
         most = max(
             len(self.micro_batches(self.rank_rows(mb, r.lengths, k), r.lengths)) for k in range(self.world)
         )
         for _ in range(most - done):
             out = self.score(self.policy.engine, r, mb[:1], with_stats=False)
             self.policy.backward(out["logp"].sum() * 0.0)
+
+    def discard_gradients(self, r: Rollouts, mb: torch.Tensor) -> None:
+        """Drop this mini-batch's gradients without an optimizer step. At ZeRO 2/3 across ranks
+        they are already reduced into DeepSpeed's partitions, which engine.zero_grad does not
+        clear (the next step would add them in): a NaN backward on every rank makes DeepSpeed's
+        own overflow check skip its step and clear them."""
+        if not self.policy.reduces_in_backward:
+            self.policy.zero_grad()
+            return
+        out = self.score(self.policy.engine, r, mb[:1], with_stats=False)
+        self.policy.backward(out["logp"].sum() * float("nan"))
+        _, applied = self.policy.step()
+        assert not applied, "DeepSpeed applied a step whose gradient is NaN"
 
     @torch.no_grad()
     def scored_rows(self, model, r: Rollouts, rows: torch.Tensor, with_stats: bool) -> dict[str, torch.Tensor]:
