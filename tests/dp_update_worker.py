@@ -7,7 +7,7 @@ weights and the update's metrics to OUT/<name>.pt; tests/test_data_parallel.py c
 The batch is the same on every rank and in every run: a tiny Qwen2 (seeded) samples 8 prompts ×
 4 completions with fixed seeds, and the rewards are a fixed random 0/1 draw. Some cases change it
 the same way everywhere (TWEAKS): a loss that is NaN on the micro-batch holding one row (so on
-one rank only).
+one rank only), and mini-batches of fewer rows than 4 ranks.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from rlvr.config import load_config  # noqa: E402
 from rlvr.models import build_tiny_model  # noqa: E402
 from rlvr.ranks import is_main  # noqa: E402
 from rlvr.rollout import NativeRolloutEngine  # noqa: E402
+from rlvr.rollout.base import select_rows  # noqa: E402
 from rlvr.update import Batch, Policy, PolicyUpdate  # noqa: E402
 
 PROMPTS = [f"Q: {a}+{b}=" for a, b in ((1, 2), (13, 5), (40, 41), (7, 77), (9, 9), (2, 50), (61, 3), (8, 30))]
@@ -43,7 +44,13 @@ EXTRA = [
     ("nan_row", "nan_group_test", {"nan_group": NAN_GROUP}, []),
     ("nan_row@zero1", "nan_group_test", {"nan_group": NAN_GROUP}, ["train.zero_stage=1"]),
     ("nan_row@zero2", "nan_group_test", {"nan_group": NAN_GROUP}, ["train.zero_stage=2"]),
+    ("grpo@few_rows", "grpo", {}, []),
+    ("grpo@few_rows@zero1", "grpo", {}, ["train.zero_stage=1"]),
+    ("grpo@few_rows@zero2", "grpo", {}, ["train.zero_stage=2"]),
 ]
+# tests/test_data_parallel.py also runs these on 4 ranks: mini-batches of fewer rows than ranks,
+# and a NaN on one rank of 4
+ON_FOUR_RANKS = ["grpo@few_rows", "grpo@few_rows@zero1", "grpo@few_rows@zero2", "nan_row@zero2"]
 
 
 def cases() -> list[tuple[str, str, dict, list[str]]]:
@@ -61,7 +68,20 @@ def with_nan_row(batch: Batch, algo) -> Batch:
     return batch
 
 
+def with_few_rows(batch: Batch, algo) -> Batch:
+    """Two groups, of 2 and 3 rows (as DAPO leaves a step with one or two groups), in 2 mini-batches:
+    on 4 ranks, each mini-batch leaves some ranks without a row."""
+    rows = torch.tensor([0, 1, 4, 5, 6])
+    r = select_rows(batch.rollouts, rows)
+    rewards = algo.shape_rewards(torch.tensor([1.0, 0, 0, 1, 1]), r.lengths, r.truncated)
+    out = Batch(r, batch.group_ids[rows], rewards)
+    extra = {"lengths": r.lengths} if algo.advantage_lengths else {}
+    out.adv = algo.advantages(out.rewards, out.group_ids, **extra)
+    return out
+
+
 TWEAKS = {
+    "few_rows": [with_few_rows],
     "nan_row": [with_nan_row],
 }
 

@@ -2,7 +2,8 @@
 
 - every registered algorithm (and the outside example), one update on one fixed global batch:
   the updated weights and the pre-clip gradient norm equal one process's (tests/dp_update_worker.py);
-  also with a NaN loss on one rank (the step is skipped on every rank, in bounded time);
+  also with a NaN loss on one rank (the step is skipped on every rank, in bounded time), and on
+  4 ranks with mini-batches of fewer rows than ranks;
 - whole runs: groups are seeded by their place in the step's draw, so a 3-step run on 2 ranks
   equals the 1-process run (DAPO too: its refill rounds are decided on the gathered round);
 - a rank that dies fails the job with its reason in status.json, and the relaunch resumes to the
@@ -24,6 +25,7 @@ import psutil
 import pytest
 import torch
 from conftest import ROOT, TESTS, clean_env, run_overrides, torchrun
+from dp_update_worker import ON_FOUR_RANKS
 
 from rlvr.models import load_model_and_tokenizer
 
@@ -52,13 +54,14 @@ def run(cmd: list[str], check: bool = True, timeout: float = 900, **env: str) ->
 
 @pytest.fixture(scope="module")
 def updates(tmp_path_factory) -> dict[int, Path]:
-    """OUT/<case>.pt from one process and from 2 torchrun ranks. The time limits (a hung rank
-    fails the test) are ~13× what the runs took on an avx512_bf16 Xeon with 2 cores (11 s, 18 s;
-    an AVX2 host of this kind runs the suite ~4× slower)."""
-    one, two = tmp_path_factory.mktemp("dp1"), tmp_path_factory.mktemp("dp2")
+    """OUT/<case>.pt from one process, from 2 torchrun ranks, and (ON_FOUR_RANKS) from 4. The
+    time limits (a hung rank fails the test) are ~13× what the runs took on an avx512_bf16 Xeon
+    with 2 cores (11 s, 18 s, 18 s; an AVX2 host of this kind runs the suite ~4× slower)."""
+    one, two, four = (tmp_path_factory.mktemp(f"dp{n}") for n in (1, 2, 4))
     run([sys.executable, str(WORKER), str(one)], timeout=150)
     run(torchrun(2, str(WORKER), str(two)), timeout=240)
-    return {1: one, 2: two}
+    run(torchrun(4, str(WORKER), str(four), *ON_FOUR_RANKS), timeout=240)
+    return {1: one, 2: two, 4: four}
 
 
 def same_update(one: dict, other: dict, label: str) -> None:
@@ -93,6 +96,14 @@ def test_every_algorithm_updates_alike_on_one_process_and_on_two_ranks(updates):
         same_update(one, torch.load(updates[2] / f"{label}.pt", weights_only=False), label)
 
 
+def test_mini_batches_with_fewer_rows_than_ranks_update_as_one_process(updates):
+    """4 ranks, mini-batches of 2 and 3 rows (two groups, as DAPO can leave a step): a rank with
+    no rows pads its backward calls and the update equals one process's, at ZeRO 0, 1 and 2."""
+    for label in ON_FOUR_RANKS:
+        one = torch.load(updates[1] / f"{label}.pt", weights_only=False)
+        same_update(one, torch.load(updates[4] / f"{label}.pt", weights_only=False), f"{label} on 4 ranks")
+
+
 @pytest.mark.parametrize("label", ["nan_row", "nan_row@zero1", "nan_row@zero2"])
 def test_a_nan_loss_on_one_rank_skips_that_step_on_every_rank_and_the_next_applies(updates, label):
     """The loss is NaN on the micro-batch holding one row of the first mini-batch, so on one rank
@@ -100,7 +111,7 @@ def test_a_nan_loss_on_one_rank_skips_that_step_on_every_rank_and_the_next_appli
     no-hang check: at ZeRO 2 the ranks' backward calls must still match), the second mini-batch's
     step applies, and the weights equal one process's, which skipped the same step."""
     every_token = torch.load(updates[1] / "grpo.pt", weights_only=False)["metrics"]["actor/tokens_per_epoch"]
-    for n in (1, 2):
+    for n in (1, 2, 4) if label in ON_FOUR_RANKS else (1, 2):
         m = torch.load(updates[n] / f"{label}.pt", weights_only=False)["metrics"]
         assert m["actor/skipped_updates"] == 1 and math.isfinite(m["actor/grad_norm"]), (n, m)
         # the skipped mini-batch's tokens are not counted, on any rank

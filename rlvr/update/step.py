@@ -204,7 +204,7 @@ class PolicyUpdate:
         finite, calls, trained = True, 0, []
         if self.whole_mini_batches:
             micro_batches = [mb]
-        else:
+        else:  # a rank may have no rows: a mini-batch of fewer rows than ranks
             micro_batches = self.micro_batches(self.rank_rows(mb, r.lengths, self.rank), r.lengths)
         for micro in micro_batches:
             out = self.score(self.policy.engine, r, micro, with_stats=recorder is not None)
@@ -232,8 +232,7 @@ class PolicyUpdate:
             self.policy.backward(loss)
             calls += 1
             trained.append((loss.detach(), stats))
-        if self.policy.reduces_in_backward:
-            self.balance_backward_calls(r, mb, calls)
+        self.pad_backward_calls(r, mb, calls)
         finite = not any_rank(not finite)  # one rank's non-finite loss skips the step everywhere
         if finite:
             norm, finite = self.policy.step()
@@ -267,19 +266,26 @@ class PolicyUpdate:
     # ---- splitting rows over ranks ----------------------------------------------------------
     def rank_rows(self, rows: torch.Tensor, lengths: torch.Tensor, rank: int) -> torch.Tensor:
         """Rank `rank`'s share of `rows`: every world-th row by completion length, so ranks get
-        about the same number of rows and tokens. All of them on one process."""
+        about the same number of rows and tokens (none, for a rank ≥ len(rows)). All of them on
+        one process."""
         if self.world == 1:
             return rows
         by_length = rows[torch.sort(lengths[rows], stable=True).indices]
         return by_length[rank :: self.world].sort().values
 
-    def balance_backward_calls(self, r: Rollouts, mb: torch.Tensor, done: int) -> None:
-        """Run zero-loss backward passes until this rank, after `done` backward calls (fewer than
-        its micro-batches when a non-finite loss skipped the rest), has made as many as the rank
-        with the most micro-batches (ZeRO 2/3 reduce inside backward, collectively)."""
-        most = max(
-            len(self.micro_batches(self.rank_rows(mb, r.lengths, k), r.lengths)) for k in range(self.world)
-        )
+    def pad_backward_calls(self, r: Rollouts, mb: torch.Tensor, done: int) -> None:
+        """Zero-loss backward passes, so every rank reduces the same gradients: at ZeRO 2/3
+        (which reduce inside backward, collectively) up to the calls of the rank with the most
+        micro-batches; otherwise up to one, so a rank that trained nothing (no rows, or a
+        non-finite first loss) still holds a gradient for every parameter when step() reduces.
+        `done`: this rank's backward calls so far."""
+        if self.world == 1:
+            return
+        most = 1
+        if self.policy.reduces_in_backward:
+            most = max(
+                len(self.micro_batches(self.rank_rows(mb, r.lengths, k), r.lengths)) for k in range(self.world)
+            )
         for _ in range(most - done):
             out = self.score(self.policy.engine, r, mb[:1], with_stats=False)
             self.policy.backward(out["logp"].sum() * 0.0)
@@ -333,6 +339,8 @@ class PolicyUpdate:
         """Split rows `idx` into micro-batches of similar completion `lengths` (indexed by row), so
         each carries little padding; the loss normaliser is per mini-batch, so the gradient is
         the same for any split."""
+        if not len(idx):  # a rank with no rows of this mini-batch
+            return []
         idx = idx[torch.sort(lengths[idx], stable=True).indices]
         return list(idx.split(min(self.cfg.train.micro_batch_size, len(idx))))
 
