@@ -13,6 +13,11 @@ functions of tensors. The loop calls them in this order each step (B completions
     loss, stats = algo.policy_loss(logp, old_logp, adv, mask, group_ids, normalizer=z,
                                    ref_logp=ref_logp if algo.needs_reference else None)
 
+A hook may draw at random with torch's global RNG (Clip-Cov's token selection): the loop runs
+`loss_normalizer` under an RNG state seeded by (run seed, step, mini-batch) and each
+`policy_loss` by that and the micro-batch's first row, restored afterwards, so a draw is the
+same on every data-parallel rank and on one process, with no seeding in the algorithm.
+
 Every hook has a neutral default here, so a subclass overrides only what makes it different.
 The defaults alone are REINFORCE without baseline: A = R, loss = token-mean of -r·A.
 """

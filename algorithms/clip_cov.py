@@ -18,7 +18,8 @@ split. Here `loss_normalizer` makes them over the whole mini-batch (the loop pas
 log-probs, from a no-grad pass, and the old ones: algorithms/contract.py) and returns the
 selection with the normaliser, so micro-batching gives the mini-batch's gradient; for a
 mini-batch of one micro-batch the two are identical (tested against verl with the same seed).
-The draw uses torch's global RNG, as verl's, which the loop seeds.
+The draw uses torch's global RNG, as verl's; the loop seeds it for the hook from (run seed, step,
+mini-batch), the same on every rank (algorithms/base.py), so N ranks select what one process does.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ weights and the update's metrics to OUT/<name>.pt; tests/test_data_parallel.py c
 The batch is the same on every rank and in every run: a tiny Qwen2 (seeded) samples 8 prompts ×
 4 completions with fixed seeds, and the rewards are a fixed random 0/1 draw. Some cases change it
 the same way everywhere (TWEAKS): a loss that is NaN on the micro-batch holding one row (so on
-one rank only), and mini-batches of fewer rows than 4 ranks.
+one rank only), and mini-batches of fewer rows than 4 ranks; one seeds the global RNG apart per
+rank (as the hf engine leaves it) under Clip-Cov's random draw.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import algorithms  # noqa: E402
 from rlvr.config import load_config  # noqa: E402
 from rlvr.models import build_tiny_model  # noqa: E402
-from rlvr.ranks import is_main  # noqa: E402
+from rlvr.ranks import is_main, rank  # noqa: E402
 from rlvr.rollout import NativeRolloutEngine  # noqa: E402
 from rlvr.rollout.base import select_rows  # noqa: E402
 from rlvr.update import Batch, Policy, PolicyUpdate  # noqa: E402
@@ -47,6 +48,8 @@ EXTRA = [
     ("grpo@few_rows", "grpo", {}, []),
     ("grpo@few_rows@zero1", "grpo", {}, ["train.zero_stage=1"]),
     ("grpo@few_rows@zero2", "grpo", {}, ["train.zero_stage=2"]),
+    # every unclipped token a candidate, a fifth of them drawn at random
+    ("clip_cov@rank_rng", "clip_cov", {"clip_cov_ratio": 0.2, "clip_cov_lb": -1e6, "clip_cov_ub": 1e6}, []),
 ]
 # tests/test_data_parallel.py also runs these on 4 ranks: mini-batches of fewer rows than ranks,
 # and a NaN on one rank of 4
@@ -123,10 +126,14 @@ def main(out: Path, only: list[str]) -> None:
         batch = fixed_batch(policy.module, tok, cfg, algo)
         for tweak in (t for part in label.split("@") for t in TWEAKS.get(part, [])):
             batch = tweak(batch, algo)
+        if label.endswith("@rank_rng"):  # as the hf engine leaves it: seeded by this rank's prompts
+            torch.manual_seed(1000 + rank())
+        rng = torch.get_rng_state()
         metrics = PolicyUpdate(policy, algo, cfg, ref)(batch, step=0)
+        rng_kept = torch.equal(torch.get_rng_state(), rng)  # the hooks' draws left no trace
         if is_main():
             state = {k: v.detach().clone() for k, v in policy.module.state_dict().items()}
-            torch.save({"weights": state, "metrics": metrics}, out / f"{label}.pt")
+            torch.save({"weights": state, "metrics": metrics, "rng_kept": rng_kept}, out / f"{label}.pt")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 - every registered algorithm (and the outside example), one update on one fixed global batch:
   the updated weights and the pre-clip gradient norm equal one process's (tests/dp_update_worker.py);
-  also with a NaN loss on one rank (the step is skipped on every rank, in bounded time), and on
-  4 ranks with mini-batches of fewer rows than ranks;
+  also with a NaN loss on one rank (the step is skipped on every rank, in bounded time), with a
+  global RNG that differs per rank under Clip-Cov's random draw, and on 4 ranks with
+  mini-batches of fewer rows than ranks;
 - whole runs: groups are seeded by their place in the step's draw, so a 3-step run on 2 ranks
   equals the 1-process run (DAPO too: its refill rounds are decided on the gathered round);
 - a rank that dies fails the job with its reason in status.json, and the relaunch resumes to the
@@ -116,6 +117,17 @@ def test_a_nan_loss_on_one_rank_skips_that_step_on_every_rank_and_the_next_appli
         assert m["actor/skipped_updates"] == 1 and math.isfinite(m["actor/grad_norm"]), (n, m)
         # the skipped mini-batch's tokens are not counted, on any rank
         assert 0 < m["actor/tokens_per_epoch"] < every_token, (n, m["actor/tokens_per_epoch"], every_token)
+
+
+def test_clip_cov_draws_the_same_tokens_on_every_rank_whatever_the_global_rng(updates):
+    """Clip-Cov drawing a fifth of the tokens at random, each rank's global RNG seeded apart (as
+    the hf engine leaves it): the loop's agreed RNG makes the draw, and so the update, one
+    process's, and leaves the global RNG where it was."""
+    one = torch.load(updates[1] / "clip_cov@rank_rng.pt", weights_only=False)
+    two = torch.load(updates[2] / "clip_cov@rank_rng.pt", weights_only=False)
+    assert one["metrics"]["actor/cov_selected_frac"] == pytest.approx(0.2, abs=0.01)
+    same_update(one, two, "clip_cov@rank_rng")
+    assert one["rng_kept"] and two["rng_kept"]
 
 
 def _tiny():

@@ -15,11 +15,13 @@ gathers it), so advantages, mini-batches and `loss_normalizer` are computed over
 batch on every rank, exactly as on one process; each rank then scores and back-propagates only
 its share of each mini-batch's rows (`rank_rows`), DeepSpeed reduces the gradients, and what is
 measured per row (old log-probs, statistics) is gathered back. An algorithm needs nothing extra
-for this: its normaliser already sees the whole mini-batch.
+for this: its normaliser already sees the whole mini-batch, and its hooks run under an RNG state
+every rank agrees on (`agreed_rng`), so a random draw is one process's too.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -114,6 +116,23 @@ def joined_rows(parts: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> di
     return out
 
 
+@contextlib.contextmanager
+def agreed_rng(device: torch.device, *key: int) -> Iterator[None]:
+    """Torch's RNG (CPU, and `device` if CUDA) seeded from `key` alone, restored afterwards. The
+    algorithm's hooks run under it: the global RNG differs between ranks (the hf engine seeds it
+    with each rank's prompts), so a hook that draws at random (Clip-Cov's token selection) would
+    otherwise draw differently on each rank and on one process."""
+    seed = 0
+    for k in key:
+        seed = (seed * 1_000_003 + int(k)) % 2**63
+    cuda = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed(seed)
+        yield
+
+
 def rows_of(normalizer, mb: torch.Tensor, micro: torch.Tensor):
     """The part of a mini-batch normaliser that micro-batch rows `micro` (a subset of the
     ascending rows `mb`) need: a dict's tensors with one row per mini-batch row are cut to the
@@ -154,8 +173,9 @@ class PolicyUpdate:
         fix = self.correction(batch, before) if correcting else None
         ref_logp = self.reference_logp(batch)
         tally, recorder = Tally(), OnPolicyScores() if on_policy else None
-        for rows in self.mini_batches(batch, step):
-            self.mini_batch_step(batch, rows, tally, before, ref_logp, recorder, fix)
+        for index, rows in enumerate(self.mini_batches(batch, step)):
+            key = (self.cfg.seed, step, index)  # the same on every rank
+            self.mini_batch_step(batch, rows, tally, before, ref_logp, recorder, fix, key)
         if recorder is not None:
             before = recorder.in_row_order()
         metrics = tally.metrics(train.epochs)
@@ -185,11 +205,12 @@ class PolicyUpdate:
             c.tis_cap if c.tis else None, tuple(c.seq_band) if c.seq_mask else None,
         )  # fmt: skip
 
-    def mini_batch_step(self, batch: Batch, mb, tally: Tally, before, ref_logp, recorder, fix=None) -> None:
+    def mini_batch_step(self, batch: Batch, mb, tally: Tally, before, ref_logp, recorder, fix=None, key=(0,)) -> None:
         """One optimizer step on rows `mb`. Old log-probs come from `before` (the measurement
         before the update), or from this forward when on-policy (`recorder` keeps them). `fix`,
         the mismatch correction: its dropped completions leave the mask, its token weights scale
-        the gradient of the current log-probs."""
+        the gradient of the current log-probs. The algorithm's hooks run under an RNG state seeded
+        by `key` (and a micro-batch's first row), so their random draws agree across ranks."""
         r, mask = batch.rollouts, batch.rollouts.model_mask
         if fix is not None:
             mask = mask * fix.keep[:, None].to(mask)
@@ -199,7 +220,8 @@ class PolicyUpdate:
             known = {"logp": now, "old_logp": now if before is None else before["logp"][mb]}
             extra = {k: known[k] for k in self.algo.normalizer_logp}
         # the whole (global) mini-batch's normaliser, on every rank
-        normalizer = self.algo.loss_normalizer(batch.adv[mb], mask[mb], batch.group_ids[mb], **extra)
+        with agreed_rng(self.policy.device, *key):
+            normalizer = self.algo.loss_normalizer(batch.adv[mb], mask[mb], batch.group_ids[mb], **extra)
         self.policy.zero_grad()
         finite, calls, trained = True, 0, []
         if self.whole_mini_batches:
@@ -221,9 +243,10 @@ class PolicyUpdate:
                 keywords["normalizer"] = rows_of(normalizer, mb, micro)
             if self.algo.loss_keywords.ref_logp:
                 keywords["ref_logp"] = None if ref_logp is None else ref_logp[micro]
-            loss, stats = self.algo.policy_loss(
-                logp, old, batch.adv[micro], mask[micro], batch.group_ids[micro], **keywords
-            )
+            with agreed_rng(self.policy.device, *key, int(micro.min())):
+                loss, stats = self.algo.policy_loss(
+                    logp, old, batch.adv[micro], mask[micro], batch.group_ids[micro], **keywords
+                )
             # a non-finite loss poisons the whole mini-batch update: skip its backward (the
             # remaining micro-batches are still scored, for the on-policy recorder)
             finite = finite and bool(torch.isfinite(loss))
