@@ -6,9 +6,10 @@ weights and the update's metrics to OUT/<name>.pt; tests/test_data_parallel.py c
 
 The batch is the same on every rank and in every run: a tiny Qwen2 (seeded) samples 8 prompts ×
 4 completions with fixed seeds, and the rewards are a fixed random 0/1 draw. Some cases change it
-the same way everywhere (TWEAKS): a loss that is NaN on the micro-batch holding one row (so on
-one rank only), and mini-batches of fewer rows than 4 ranks; one seeds the global RNG apart per
-rank (as the hf engine leaves it) under Clip-Cov's random draw.
+the same way everywhere (TWEAKS): injected tokens (a loss mask with holes), an engine whose
+log-probs differ from the trainer's (the mismatch correction on), a loss that is NaN on the
+micro-batch holding one row (so on one rank only), mini-batches of fewer rows than 4 ranks, and a
+global RNG that differs per rank (as the hf engine leaves it) under Clip-Cov's random draw.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ EXTRA = [
     ("grpo@zero1", "grpo", {}, ["train.zero_stage=1"]),
     ("grpo@zero2", "grpo", {}, ["train.zero_stage=2"]),
     ("median_baseline_example", "median_baseline_example", {}, []),
+    ("grpo@holes", "grpo", {}, []),
+    ("grpo@correction", "grpo", {}, ["correction.tis=true", "correction.seq_mask=true"]),
+    ("wapo@correction+holes", "wapo", {}, ["correction.tis=true", "correction.seq_mask=true"]),
     ("nan_row", "nan_group_test", {"nan_group": NAN_GROUP}, []),
     ("nan_row@zero1", "nan_group_test", {"nan_group": NAN_GROUP}, ["train.zero_stage=1"]),
     ("nan_row@zero2", "nan_group_test", {"nan_group": NAN_GROUP}, ["train.zero_stage=2"]),
@@ -61,6 +65,24 @@ def cases() -> list[tuple[str, str, dict, list[str]]]:
     outside = ("median_baseline_example", "nan_loss_test", "nan_grad_test", "nan_group_test")
     own = [(name, name, {}, []) for name in algorithms.available() if name not in outside]
     return own + EXTRA
+
+
+def with_holes(batch: Batch, algo) -> Batch:
+    """Tokens 3-5 of every completion injected (a search episode's passage): not the model's."""
+    r = batch.rollouts
+    r.loss_mask = r.completion_mask.clone()
+    r.loss_mask[:, 3:6] = 0
+    return batch
+
+
+def with_mismatch(batch: Batch, algo) -> Batch:
+    """An engine whose log-probs differ from the trainer's by a fixed random amount per token
+    (TIS weights from 0.3 to the cap), and rows 2 and 9 by e^1.2 more (the sequence mask drops them)."""
+    r = batch.rollouts
+    shift = 0.6 * torch.randn(r.sampling_logp.shape, generator=torch.Generator().manual_seed(11))
+    shift[[2, 9]] += 1.2
+    r.sampling_logp = r.sampling_logp - shift * r.model_mask
+    return batch
 
 
 def with_nan_row(batch: Batch, algo) -> Batch:
@@ -84,6 +106,9 @@ def with_few_rows(batch: Batch, algo) -> Batch:
 
 
 TWEAKS = {
+    "holes": [with_holes],
+    "correction": [with_mismatch],
+    "correction+holes": [with_holes, with_mismatch],
     "few_rows": [with_few_rows],
     "nan_row": [with_nan_row],
 }

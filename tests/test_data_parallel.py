@@ -2,9 +2,9 @@
 
 - every registered algorithm (and the outside example), one update on one fixed global batch:
   the updated weights and the pre-clip gradient norm equal one process's (tests/dp_update_worker.py);
-  also with a NaN loss on one rank (the step is skipped on every rank, in bounded time), with a
-  global RNG that differs per rank under Clip-Cov's random draw, and on 4 ranks with
-  mini-batches of fewer rows than ranks;
+  also with injected tokens, with the mismatch correction, with a NaN loss on one rank (the step
+  is skipped on every rank, in bounded time), with a global RNG that differs per rank under
+  Clip-Cov's random draw, and on 4 ranks with mini-batches of fewer rows than ranks;
 - whole runs: groups are seeded by their place in the step's draw, so a 3-step run on 2 ranks
   equals the 1-process run (DAPO too: its refill rounds are decided on the gathered round);
 - a rank that dies fails the job with its reason in status.json, and the relaunch resumes to the
@@ -95,6 +95,19 @@ def test_every_algorithm_updates_alike_on_one_process_and_on_two_ranks(updates):
     for label in labels:
         one = torch.load(updates[1] / f"{label}.pt", weights_only=False)
         same_update(one, torch.load(updates[2] / f"{label}.pt", weights_only=False), label)
+
+
+def test_the_injected_tokens_and_correction_cases_exercise_them(updates):
+    """What the main test compares on these cases is there: holes train fewer tokens, TIS weights
+    are truncated on some tokens, the sequence mask drops rows 2 and 9 (of 32), on both layouts."""
+    every_token = torch.load(updates[1] / "grpo.pt", weights_only=False)["metrics"]["actor/tokens_per_epoch"]
+    for n in (1, 2):
+        holes = torch.load(updates[n] / "grpo@holes.pt", weights_only=False)["metrics"]
+        assert holes["actor/tokens_per_epoch"] < every_token - 32 * 2  # 3 holes a row, minus short rows
+        for label in ("grpo@correction", "wapo@correction+holes"):
+            m = torch.load(updates[n] / f"{label}.pt", weights_only=False)["metrics"]
+            assert m["correction/seq_masked_frac"] == pytest.approx(2 / 32), (label, n)
+            assert 0.05 < m["correction/tis_truncated_frac"] < 0.5, (label, n, m["correction/tis_truncated_frac"])
 
 
 def test_mini_batches_with_fewer_rows_than_ranks_update_as_one_process(updates):
