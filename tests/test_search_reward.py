@@ -1,3 +1,4 @@
+# ruff: noqa: F811
 """What a search episode's reward and lengths are made of, through the code that produces them:
 episodes built by the EpisodeEngine (a scripted sampler over BM25), scored by the training
 rewards, and the lengths the training loop hands every algorithm hook."""
@@ -5,7 +6,9 @@ rewards, and the lengths the training loop hands every algorithm hook."""
 import pytest
 import torch
 from conftest import run_overrides, search_settings
-from test_episode import Scripted, corpus, retriever, settings, tiny  # noqa: F401 (fixtures)
+
+# the episode tests' fixtures, imported so pytest finds them here (their names are arguments below)
+from test_episode import Scripted, corpus, retriever, settings, tiny  # noqa: F401
 
 from evals.verifiers import qa_em, qa_f1, search_f1, search_f1_think, tagged_answer
 from rlvr.rollout.episode import INVALID, EpisodeEngine
