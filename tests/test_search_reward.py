@@ -14,9 +14,13 @@ from evals.verifiers import qa_em, qa_f1, search_f1, search_f1_think, tagged_ans
 from rlvr.rollout.episode import INVALID, EpisodeEngine
 
 
+def scripted_episodes(tok, cfg, retriever, scripts):
+    """One episode per prompt of `scripts` (prompt i seeded by i), through the EpisodeEngine."""
+    return EpisodeEngine(Scripted(tok, scripts), tok, cfg, retriever).generate(list(scripts), 1, list(range(len(scripts))))
+
+
 def episode_texts(tok, cfg, retriever, scripts):
-    roll = EpisodeEngine(Scripted(tok, scripts), tok, cfg, retriever).generate(list(scripts), 1, list(range(len(scripts))))
-    return dict(zip(scripts, roll.texts, strict=True))
+    return dict(zip(scripts, scripted_episodes(tok, cfg, retriever, scripts).texts, strict=True))
 
 
 def test_the_answer_is_read_from_the_models_turns_never_from_the_invalid_notice(tiny, corpus, retriever):
@@ -102,7 +106,7 @@ def test_evaluation_counts_the_searches_the_episode_made(tiny, corpus, retriever
         "B:": ["<search></search>", "<search>Mira Holt</search>", "<answer>1901</answer>"],  # one invalid
         "C:": ["<answer>1901</answer>"],
     }
-    roll = EpisodeEngine(Scripted(tok, scripts), tok, cfg, retriever).generate(list(scripts), 1, [0, 1, 2])
+    roll = scripted_episodes(tok, cfg, retriever, scripts)
     assert roll.episode["searches"].tolist() == [2.0, 1.0, 0.0]
     got = process_search({"answer": "1901"}, [roll.texts])
     assert got["searches"] == pytest.approx(1.0) and got["two_searches"] == pytest.approx(1 / 3)
