@@ -56,7 +56,7 @@ def builtin_names() -> set[str]:
     return names
 
 
-def _module_file(spec: str) -> Path | None:
+def module_file(spec: str) -> Path | None:
     """The file of an `algorithm.modules` spec (a .py path, or a dotted name looked up on sys.path
     without importing anything), as algorithms.registry.import_modules would load it; None if
     not found."""
@@ -77,7 +77,7 @@ def registered_names(modules: list[str] | tuple[str, ...] = ()) -> set[str] | No
     module's names cannot be read without running it (not found, or a computed name)."""
     names = builtin_names()
     for spec in modules:
-        path = _module_file(str(spec))
+        path = module_file(str(spec))
         found = register_calls(path) if path is not None else None
         if found is None:
             return None

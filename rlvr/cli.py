@@ -22,7 +22,9 @@ from rlvr.config import ConfigError, load_config
 
 def _cmd_data(args) -> None:
     from rlvr.data import write_suite
+    from rlvr.extensions import import_modules
 
+    import_modules(args.modules)  # a suite of your own registers itself
     params = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
     paths = write_suite(args.suite, args.out, seed=args.seed, **params)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -126,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--suite", required=True)
     data.add_argument("--out", required=True)
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--modules", action="append", default=[], help="a module of yours to import first (its suites)")
     data.add_argument("overrides", nargs="*", help="suite parameters as key=value")
     index = sub.add_parser("index", help="build a search suite's BM25 index once (the DAG's index rule)")
     index.add_argument("--corpus", required=True, help="JSONL corpus (FlashRAG / Search-R1 form)")

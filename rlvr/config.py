@@ -373,7 +373,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         raw = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
-    raw = apply_overrides(raw, list(overrides))
+    return config_from_dict(apply_overrides(raw, list(overrides)))
+
+
+def config_from_dict(raw: dict) -> RunConfig:
+    """Validate a nested run config (the run plan's, or a YAML file's). Raises ConfigError."""
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:

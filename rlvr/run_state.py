@@ -28,7 +28,12 @@ def read_status(run_dir: Path) -> dict | None:
 
 
 def save_resolved_config(run_dir: Path, cfg: RunConfig) -> None:
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    """<run dir>/config.yaml: the run's resolved config. The run plan has already written it for a
+    DAG job (left alone then: its mtime is what Snakemake compares); a run launched by hand with
+    overrides records them here."""
+    path, text = run_dir / "config.yaml", dump_config(cfg)
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
 
 
 class PromptSampler:

@@ -112,7 +112,13 @@ def test_lm_eval_runs_the_training_episode_and_scores_it_with_the_training_verif
 def test_the_paper_config_plans_the_seeds_search_qa_setting():
     """`snakemake -n` on config/paper.yaml: Qwen3-4B trains on hotpotqa_search only, with 10
     turns of top-3 passages from the configured server and the seed's reward; its evaluations
-    on the other two benchmarks search the same server (no corpus is indexed)."""
+    on the other two benchmarks search the same server (no corpus is indexed). The jobs' run
+    configs are the plan's (rlvr/plan.py), which the rules run with `--config`."""
+    import yaml
+    from snakemake.utils import validate
+
+    from rlvr.plan import Plan
+
     root = Path(__file__).resolve().parents[1]
     bin_dir = Path(sys.executable).parent
     done = subprocess.run(
@@ -120,14 +126,20 @@ def test_the_paper_config_plans_the_seeds_search_qa_setting():
         capture_output=True, text=True, env={**__import__("os").environ, "PATH": f"{bin_dir}:/usr/bin:/bin"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    matrix = yaml.safe_load((root / "config/paper.yaml").read_text())
+    validate(matrix, str(root / "workflows/schema/config.schema.yaml"))
+    plan = Plan(matrix)
+    trains = plan.by_stage("train")
     lines = [line.removeprefix("Shell command: ") for line in done.stdout.splitlines() if line.startswith("Shell command: ")]
-    search_train = [line for line in lines if "rlvr train" in line and "data.suite=hotpotqa_search" in line]
+    assert {job.command for job in trains} <= {line.split(" > ")[0] for line in lines}  # the rules run the plan's
+    search_train = [job.config for job in trains if job.config.data.suite == "hotpotqa_search"]
     assert len(search_train) == 4 * 3  # 4 algorithms × 3 seeds, one model
-    for want in ("model.name_or_path=Qwen/Qwen3-4B", "rollout.episode.mode=search", "rollout.episode.max_turns=10",
-                 "rollout.episode.top_k=3", "rollout.episode.retriever.url=http://127.0.0.1:8000",
-                 "data.reward=search_f1_think"):
-        assert all(want in line for line in search_train), want
-    assert not any("Qwen3-4B" in line and "data.suite=gsm8k" in line for line in lines)
-    cross = [line for line in lines if "rlvr eval" in line and '"2wikimultihopqa_search"' in line]
-    assert cross and all("retriever.url=" in line and "retriever.corpus" not in line for line in cross)
+    for cfg in search_train:
+        assert cfg.model.name_or_path == "Qwen/Qwen3-4B" and cfg.data.reward == "search_f1_think"
+        episode = cfg.rollout.episode
+        assert (episode.mode, episode.max_turns, episode.top_k) == ("search", 10, 3)
+        assert episode.retriever.url == "http://127.0.0.1:8000"
+    assert not any(job.config.model.name_or_path == "Qwen/Qwen3-4B" and job.config.data.suite == "gsm8k" for job in trains)
+    cross = [job.config for job in plan.by_stage("eval") if job.config.eval.suites == ["2wikimultihopqa_search"]]
+    assert cross and all(c.rollout.episode.retriever.url and c.rollout.episode.retriever.corpus is None for c in cross)
     assert "rlvr index" not in done.stdout

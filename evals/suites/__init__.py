@@ -124,6 +124,15 @@ SUITES.update({
 })  # fmt: skip
 
 
+def register_suite(suite: Suite) -> Suite:
+    """Add a suite from a module of your own (the matrix's `modules:` list imports it, planning
+    included: such a module imports no torch). A name already taken is an error."""
+    if suite.name in SUITES and SUITES[suite.name] is not suite:
+        raise ValueError(f"suite {suite.name!r} is already registered; pick another name")
+    SUITES[suite.name] = suite
+    return suite
+
+
 def available() -> list[str]:
     return sorted(SUITES)
 

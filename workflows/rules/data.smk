@@ -1,27 +1,24 @@
+# A suite's train/test JSONL (`rlvr data`); a search suite's also holds its corpus, the passages
+# its episodes search (a search suite evaluated but not trained on is written here too).
 rule data:
     output:
-        train="data/{exp}/{suite}/train.jsonl",
-        test="data/{exp}/{suite}/test.jsonl",
+        train=PLAN.paths.data("{suite}", "train"),
+        test=PLAN.paths.data("{suite}", "test"),
     params:
-        args=lambda w: cli_args(flatten(SUITES.get(w.suite, {}).get("params", {}))),
+        command=job("data", "command"),
     log:
-        "logs/{exp}/data/{suite}.log",
+        PLAN.paths.log("data", "{suite}"),
     shell:
-        "rlvr data --suite {wildcards.suite} --out data/{wildcards.exp}/{wildcards.suite} {params.args} > {log} 2>&1"
-
-
-# A search suite's data also holds its corpus (the passages its episodes search).
-# (a search suite evaluated but not trained on is written here too: episodes need its files)
-SEARCH_SUITES = "|".join(sorted({s for t in SUITES for s in eval_suites(t) if searches(s)})) or "(?!)"
+        "{params.command} > {log} 2>&1"
 
 
 use rule data as data_search with:
     output:
-        train="data/{exp}/{suite}/train.jsonl",
-        test="data/{exp}/{suite}/test.jsonl",
-        corpus="data/{exp}/{suite}/corpus.jsonl",
+        train=PLAN.paths.data("{suite}", "train"),
+        test=PLAN.paths.data("{suite}", "test"),
+        corpus=PLAN.paths.corpus("{suite}"),
     wildcard_constraints:
-        suite=SEARCH_SUITES,
+        suite="|".join(PLAN.search_suites()) or "(?!)",
 
 
 ruleorder: data_search > data
@@ -31,10 +28,12 @@ ruleorder: data_search > data
 # search it at once); index.json says what it indexed.
 rule index:
     input:
-        "data/{exp}/{suite}/corpus.jsonl",
+        job("index", "inputs"),
     output:
-        "data/{exp}/{suite}/bm25/index.json",
+        PLAN.paths.index("{suite}"),
+    params:
+        command=job("index", "command"),
     log:
-        "logs/{exp}/index/{suite}.log",
+        PLAN.paths.log("index", "{suite}"),
     shell:
-        "rlvr index --corpus {input} --out {output} > {log} 2>&1"
+        "{params.command} > {log} 2>&1"

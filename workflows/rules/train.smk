@@ -4,19 +4,16 @@
 # takes processes × train.threads cores (and one GPU per rank with accelerator: gpu).
 rule train:
     input:
-        stage_input,
-        train="data/{exp}/{suite}/train.jsonl",
+        job("train", "inputs"),
     output:
-        "runs/{exp}/{suite}/{model}/{algo}/seed{seed}/status.json",
+        PLAN.paths.status("{suite}", "{model}", "{algo}", "{seed}"),
     params:
-        args=train_overrides,
-        launch=train_launcher,
-        threads_per_rank=lambda w: train_section(w).get("threads") or 1,
-    threads: train_threads
+        command=job("train", "command"),
+    threads: job("train", "threads")
     resources:
-        nodes=lambda w: train_ranks(w)[1],
-        gpu=train_gpus,
+        nodes=job("train", "nodes"),
+        gpu=job("train", "gpus"),
     log:
-        "logs/{exp}/train/{suite}/{model}/{algo}/seed{seed}.log",
+        PLAN.paths.log("train", "{suite}", "{model}", "{algo}", "seed{seed}"),
     shell:
-        "{params.launch} {params.args} train.threads={params.threads_per_rank} > {log} 2>&1"
+        "{params.command} > {log} 2>&1"
