@@ -95,7 +95,7 @@ def _cmd_eval(args) -> None:
 def _cmd_aggregate(args) -> None:
     from pathlib import Path
 
-    from rlvr.aggregate import aggregate
+    from rlvr.report.aggregate import aggregate
 
     written = aggregate(Path(args.runs), Path(args.out), command="rlvr " + " ".join(sys.argv[1:]),
                         config_name=args.config_name, experiment=args.experiment,
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--manifest", default=None, help="also write a JSON list of what was aggregated here")
     agg.add_argument("--sweep", default=None, help="run-config field the experiment sweeps (e.g. train.lr): stress tables")
     agg.add_argument("--baseline", default="grpo", help="algorithm the probability of improvement is against")
-    from rlvr.intervals import REPS as BOOTSTRAP_REPS  # numpy only
+    from rlvr.report.intervals import REPS as BOOTSTRAP_REPS  # numpy only
 
     agg.add_argument("--reps", type=int, default=BOOTSTRAP_REPS, help="bootstrap replications per interval")
     bench = sub.add_parser("bench", help="step benchmark against TRL's GRPOTrainer (needs the bench extra)")

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from rlvr import aggregate as agg
+from rlvr.report import aggregate as agg
 
 SUITES, FAMILIES, ALGOS, SEEDS = ("math", "multihop"), ("gpt2", "qwen2"), ("grpo", "wapo"), (0, 1)
 COMMAND = "rlvr aggregate --config config/test.yaml"

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlvr import curves
-from rlvr.runs import discover_runs
+from rlvr.report import scaling as curves
+from rlvr.report.runs import discover_runs
 
 TRUE = {"r0": 0.35, "a": 0.80, "b": 1.8, "c_mid": 30_000.0}
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rlvr import intervals as iv
+from rlvr.report import intervals as iv
 
 
 def test_identical_seeds_give_a_zero_width_interval():

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from rlvr import aggregate as agg
+from rlvr.report import aggregate as agg
 
 PROVENANCE = {
     "device": {"kind": "cpu", "name": "AMD EPYC", "torch_capability": "AVX512", "bf16_flags": ["avx512_bf16"]},

@@ -313,7 +313,7 @@ def test_non_finite_gradient_skips_updates_then_collapses_and_is_listed(sft_base
     b, _ = load_model_and_tokenizer(run / "final")
     for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
-    from rlvr.aggregate import aggregate
+    from rlvr.report.aggregate import aggregate
 
     aggregate(tmp_path / "runs", tmp_path / "results", command="test", config_name="test", experiment="nan")
     stability = (tmp_path / "results" / "stability.md").read_text()

@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rlvr import curves, stress
-from rlvr.intervals import (
+from rlvr.report import scaling as curves
+from rlvr.report import stress
+from rlvr.report.intervals import (
     REPS,
     Estimate,
     estimate,
@@ -40,8 +41,8 @@ from rlvr.intervals import (
     wilson,
 )
 from rlvr.io import atomic_write_bytes, atomic_write_text, csv_text
-from rlvr.plots import PALETTE, colors_for, new_figure, png_bytes
-from rlvr.runs import (
+from rlvr.report.plots import PALETTE, colors_for, new_figure, png_bytes
+from rlvr.report.runs import (
     BASE_LABEL,
     EDGE,
     FINISHED,

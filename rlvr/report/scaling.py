@@ -21,11 +21,11 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from rlvr.intervals import CONFIDENCE, SEED, Estimate
+from rlvr.report.intervals import CONFIDENCE, SEED, Estimate
 from rlvr.io import csv_text
-from rlvr.plots import colors_for, new_figure, png_bytes
-from rlvr.runs import FINISHED, Run, eval_scores, read_json, series
-from rlvr.runs import PRIMARY_METRIC as METRIC
+from rlvr.report.plots import colors_for, new_figure, png_bytes
+from rlvr.report.runs import FINISHED, Run, eval_scores, read_json, series
+from rlvr.report.runs import PRIMARY_METRIC as METRIC
 
 FIT_REPS = 200  # refits per interval: each is a small least-squares problem
 PARAMS = ("A", "B", "C_mid")

@@ -24,12 +24,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from rlvr.intervals import REPS, Estimate, estimate, improvement, wilson
+from rlvr.report.intervals import REPS, Estimate, estimate, improvement, wilson
 from rlvr.io import csv_text
-from rlvr.plots import colors_for, new_figure, png_bytes
-from rlvr.runs import EDGE, FINISHED, Run, eval_scores, series
-from rlvr.runs import PRIMARY_METRIC as METRIC
-from rlvr.runs import TAXONOMY_BINS as BINS
+from rlvr.report.plots import colors_for, new_figure, png_bytes
+from rlvr.report.runs import EDGE, FINISHED, Run, eval_scores, series
+from rlvr.report.runs import PRIMARY_METRIC as METRIC
+from rlvr.report.runs import TAXONOMY_BINS as BINS
 
 CELL = ["suite", "family", "algorithm", "setting"]
 
