@@ -113,28 +113,15 @@ def package_versions() -> dict[str, str | None]:
     return {name: distribution_version(name) for name in PACKAGES}
 
 
-def source_commit() -> str | None:
-    """The git commit of this checkout (with "-dirty" for uncommitted changes), if it is one."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty else "")
-
-
 def provenance(*precisions: Precision) -> dict:
     """What a run directory records of how it was made: device, precision, versions, commit."""
+    from rlvr.provenance import git_commit
+
     return {
         "device": this_device().as_dict(),
         "precision": {p.field: {"requested": p.requested, "used": p.used, "why": p.why} for p in precisions},
         "versions": package_versions(),
-        "commit": source_commit(),
+        "commit": git_commit(dirty=True),
     }
 
 

@@ -1,4 +1,4 @@
-"""rlvr.aggregate on a hand-built runs tree: 2 suites × 2 families × (grpo, wapo, base) × 2 seeds.
+"""rlvr.report.aggregate on a hand-built runs tree: 2 suites × 2 families × (grpo, wapo, base) × 2 seeds.
 
 Hand-chosen values (every run has 6 steps unless noted):
     entropy   grpo 1,1,1,.5,.5,.5 (final/initial 0.5); wapo 1,1,1,2,2,2 (2.0)
@@ -21,6 +21,9 @@ import pytest
 import yaml
 
 from rlvr.report import aggregate as agg
+from rlvr.report import header as report_header
+from rlvr.report.leaderboard import CHANCE_LABEL
+from rlvr.report.runs import BASE_LABEL, TAXONOMY_BINS
 
 SUITES, FAMILIES, ALGOS, SEEDS = ("math", "multihop"), ("gpt2", "qwen2"), ("grpo", "wapo"), (0, 1)
 COMMAND = "rlvr aggregate --config config/test.yaml"
@@ -46,7 +49,7 @@ def write_eval(run: Path, suite: str, pass1: float) -> None:
 
 def metrics_rows(entropy, reward, grad, pos_peak=0.4) -> list[dict]:
     tax = {"pos_peak_frac": pos_peak, "pos_valley_frac": 0.1, "neg_peak_frac": 0.3, "neg_valley_frac": 0.2}
-    tax |= {f"{b}_grad_mass": 0.25 for b in agg.BINS}
+    tax |= {f"{b}_grad_mass": 0.25 for b in TAXONOMY_BINS}
     return [
         {"step": i + 1, "rollout/reward_mean": r, "actor/entropy": e, "actor/grad_norm": g,
          **{f"taxonomy/{k}": v for k, v in tax.items()}}
@@ -91,7 +94,7 @@ def build_tree(root: Path) -> Path:
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("agg")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(agg, "git_commit", lambda: "abc1234")
+        mp.setattr(report_header, "git_commit", lambda **_: "abc1234")
         written = agg.aggregate(build_tree(tmp), tmp / "results", command=COMMAND,
                                 config_name="config/test.yaml", experiment="exp",
                                 manifest=tmp / "runs" / "exp" / "aggregated.json")
@@ -150,11 +153,11 @@ def test_leaderboard_csv_mean_std_n(results):
     running_excluded = board_row(out, suite="math", family="gpt2", algorithm="wapo", metric="pass@1")
     assert (running_excluded["mean"], running_excluded["n"]) == (0.5, 1) and pd.isna(running_excluded["std"])
     assert pd.isna(running_excluded["ci_low"])  # no interval from one run
-    base = board_row(out, suite="math", family="gpt2", algorithm=agg.BASE_LABEL, metric="pass@4")
+    base = board_row(out, suite="math", family="gpt2", algorithm=BASE_LABEL, metric="pass@4")
     assert (base["mean"], base["n"]) == pytest.approx((1.0, 1))
     f1 = board_row(out, suite="multihop", family="gpt2", algorithm="grpo", metric="f1")
     assert (f1["mean"], f1["n"]) == pytest.approx((0.5, 1))  # seed0 has no eval file
-    chance = board_row(out, suite="multihop", family="qwen2", algorithm=agg.CHANCE_LABEL)
+    chance = board_row(out, suite="multihop", family="qwen2", algorithm=CHANCE_LABEL)
     assert chance["mean"] == 0.25
 
 
@@ -170,12 +173,12 @@ def test_leaderboard_md_cells_intervals_and_columns(results):
     assert md_line(text, "math", "wapo").split(" | ")[1] == "0.500 n=1"
     assert md_line(text, "math", "wapo").split(" | ")[3] == "0.750 [0.70, 0.80] n=2"
     assert "**" not in table_rows(text)
-    assert md_line(text, "math", agg.BASE_LABEL).split(" | ")[1] == "0.900 n=1"
+    assert md_line(text, "math", BASE_LABEL).split(" | ")[1] == "0.900 n=1"
     # QA: em equals pass@1 in every run, so it leaves the table, and says so
     assert md_line(text, "multihop", "algorithm").split(" | ")[1:3] == ["gpt2 pass@1", "gpt2 f1"]
     assert "`em` equals `pass@1` in every run" in text
     assert "| wapo | — | — |" in md_line(text, "multihop", "wapo") + " |"
-    assert md_line(text, "multihop", agg.CHANCE_LABEL).split(" | ")[1:3] == ["0.250", ""]
+    assert md_line(text, "multihop", CHANCE_LABEL).split(" | ")[1:3] == ["0.250", ""]
     rows = [line.split(" | ")[0] for line in text.split("\n## math\n")[1].splitlines() if line.startswith("| ")]
     assert rows[:4] == ["| algorithm", "| base (before RL)", "| grpo", "| wapo"]
     assert "`math/gpt2/wapo/seed1`: running at step 2" in text and "excluded" in text

@@ -1,13 +1,16 @@
-"""rlvr.curves: ScaleRL's saturating fit recovers known parameters, and learning curves are read
+"""rlvr.report.scaling: ScaleRL's saturating fit recovers known parameters, and learning curves are read
 back with the rollout compute their runs logged."""
 
 import json
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from rlvr.report import REPORTS, Options
 from rlvr.report import scaling as curves
+from rlvr.report.header import Header
 from rlvr.report.runs import discover_runs
 
 TRUE = {"r0": 0.35, "a": 0.80, "b": 1.8, "c_mid": 30_000.0}
@@ -82,8 +85,10 @@ def test_compute_is_the_cumulative_generated_tokens(tmp_path):
     assert curve.to_dict("list") == {"step": [2, 3, 4], "compute": [300.0, 600.0, 1000.0], "score": [0.2, 0.3, 0.35]}
     groups = curves.collect(runs)
     assert list(groups) == [("math", "grpo")] and [r0 for _, r0 in groups["math", "grpo"]] == [0.1, 0.1]
-    texts, figures = curves.report(runs, "# Scaling", reps=20)
-    assert set(texts) == {"scaling.md", "scaling.csv"} and set(figures) == {"figures/math_scaling.png"}
-    row = pd.read_csv(pd.io.common.StringIO(texts["scaling.csv"])).iloc[0]
+    scaling = next(r for r in REPORTS if r.name == "scaling")
+    header = Header("exp", "c", "config.yaml", "abc1234", datetime(2026, 1, 1, tzinfo=timezone.utc))
+    files = scaling.make(runs, header, Options(curves=True, reps=20))
+    assert set(files) == {"scaling.md", "scaling.csv", "figures/math_scaling.png"}
+    row = pd.read_csv(pd.io.common.StringIO(files["scaling.csv"])).iloc[0]
     assert (row.runs, row.R0, row.final_compute, row.final_score) == pytest.approx((2, 0.1, 1000.0, 0.4))
-    assert "| grpo | 2 | 0.100 |" in texts["scaling.md"]
+    assert "| grpo | 2 | 0.100 |" in files["scaling.md"]

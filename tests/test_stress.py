@@ -1,4 +1,4 @@
-"""rlvr.stress through `aggregate(sweep="train.lr")` on a hand-built stress tree: one suite, two
+"""rlvr.report.stress through `aggregate(sweep="train.lr")` on a hand-built stress tree: one suite, two
 bases of one family (qwen2_b0, qwen2_b1), grpo and wapo at lr 1e-3, 3 seeds per base.
 
     grpo   every run collapses at step 5, 6, 7 (seed 0, 1, 2); reward 0.4 ×3 then 0 (half of the

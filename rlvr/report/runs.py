@@ -1,4 +1,5 @@
-"""The runs tree of one experiment, read back for the tables in results/ (see DESIGN.md):
+"""The runs tree of one experiment, read back for the tables in results/ (where each file is
+written: the plan's Paths, rlvr/plan.py):
 
     runs/<experiment>/<suite>/<model>/<algorithm label>/seed<N>/   config.yaml, metrics.jsonl,
         status.json, provenance.json, eval/<eval_suite>.json, curve/<eval_suite>.json
@@ -197,3 +198,22 @@ def experiment_dir(runs_root: Path, experiment: str | None) -> Path:
         names = ", ".join(p.name for p in found)
         raise ValueError(f"{runs_root} holds several experiments ({names}); pass experiment=NAME")
     return found[0] if found else runs_root
+
+
+def excluded_notes(runs: list[Run]) -> str:
+    """The note the leaderboard and stability tables end with: the incomplete and failed runs they
+    leave out."""
+    lines = []
+    for state, title in (("incomplete", "Incomplete runs"), ("failed", "Failed runs")):
+        bad = [r for r in runs if r.state == state]
+        if bad:
+            lines.append(f"**{title} (excluded from all means):**")
+            lines += [f"- `{r.name}`: {_state_text(r)}" for r in bad]
+    return "\n".join(lines)
+
+
+def _state_text(run: Run) -> str:
+    if run.status is None:
+        return "no status.json"
+    state, reason = run.status.get("state"), run.status.get("reason")
+    return f"{state} at step {run.status.get('step', '?')}" + (f" ({reason})" if reason else "")

@@ -10,7 +10,7 @@ exponent, C_mid the compute at which half of the gain A − R0 is reached. Each 
 is the mean over its runs at every checkpoint; the intervals of A, B and C_mid come from
 refitting on runs resampled with replacement.
 
-Writes scaling.md, scaling.csv and figures/<suite>_scaling.png.
+Its files (REPORTS, rlvr/report/__init__.py): scaling.md, scaling.csv, and one figure per suite.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from rlvr.report.intervals import CONFIDENCE, SEED, Estimate
 from rlvr.io import csv_text
+from rlvr.report import Options
+from rlvr.report.header import Header
+from rlvr.report.intervals import CONFIDENCE, SEED, Estimate
 from rlvr.report.plots import colors_for, new_figure, png_bytes
 from rlvr.report.runs import FINISHED, Run, eval_scores, read_json, series
 from rlvr.report.runs import PRIMARY_METRIC as METRIC
@@ -208,16 +210,15 @@ def figure(groups: dict, fits: pd.DataFrame, suite: str) -> bytes:
     return png_bytes(fig)
 
 
-def report(runs: list[Run], header: str, *, reps: int = FIT_REPS) -> tuple[dict[str, str], dict[str, bytes]]:
-    """({scaling.md, scaling.csv}, {figures/<suite>_scaling.png} for every suite with a curve)
-    when runs hold curves, else empty."""
+def write(runs: list[Run], header: Header, options: Options) -> dict:
+    """The markdown and CSV tables and each suite's figure, when runs hold curves; else nothing."""
     groups = collect(runs)
     if not groups:
-        return {}, {}
+        return {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        fits = fit_frame(groups, min(reps, FIT_REPS))
-    texts = {"scaling.md": markdown(fits, header),
-             "scaling.csv": csv_text(fits)}
-    figures = {f"figures/{suite}_scaling.png": figure(groups, fits, suite) for suite in sorted({s for s, _ in groups})}
-    return texts, figures
+        fits = fit_frame(groups, min(options.reps, FIT_REPS))
+    files: dict = {"markdown": markdown(fits, header.text("Scaling")), "csv": csv_text(fits)}
+    for suite in sorted({s for s, _ in groups}):
+        files["figure", suite] = figure(groups, fits, suite)
+    return files

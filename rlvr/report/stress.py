@@ -1,8 +1,10 @@
-"""The stress study's tables and figures: `rlvr aggregate --sweep train.lr` (config/stress.yaml).
+"""The stress study's tables and figures, where the matrix sweeps a setting (config/stress.yaml's
+`sweep: train.lr`; `rlvr aggregate --sweep train.lr`).
 
 Runs are grouped by suite × model family × registered algorithm × the swept setting, pooling the
 labels of one family trained from different bases (models.base_seed: the model labels are the
-strata); the base is a factor in every interval (runs × bases, both resampled: rlvr/intervals.py). Per run:
+strata); the base is a factor in every interval (runs × bases, both resampled: rlvr/report/intervals.py).
+Per run:
 
     collapsed, steps_to_collapse   the detector's verdict (status.json)
     reward_change                  mean training reward of the last EDGE steps − the first EDGE
@@ -13,8 +15,8 @@ strata); the base is a factor in every interval (runs × bases, both resampled: 
 A binary detector misses a run that kept half its entropy but lost most of its reward, hence the
 continuous measures beside the collapse rate.
 
-Writes stress.md, stress.csv (one row per cell), stress_runs.csv (one row per run) and
-figures/stress_<suite>_{collapse,heldout,steps,entropy,grad_norm,taxonomy}.png.
+Its files (REPORTS, rlvr/report/__init__.py): stress.md, stress.csv (one row per cell),
+stress_runs.csv (one row per run), and six figures per suite.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from rlvr.report.intervals import REPS, Estimate, estimate, improvement, wilson
 from rlvr.io import csv_text
+from rlvr.report import Options
+from rlvr.report.header import Header
+from rlvr.report.intervals import Estimate, estimate, improvement, wilson
 from rlvr.report.plots import colors_for, new_figure, png_bytes
 from rlvr.report.runs import EDGE, FINISHED, Run, eval_scores, series
 from rlvr.report.runs import PRIMARY_METRIC as METRIC
@@ -314,26 +318,25 @@ def taxonomy_figure(runs: list[Run], suite: str, sweep: str, colors: dict) -> by
 # ---------------------------------------------------------------- entry point
 
 
-def report(runs: list[Run], sweep: str, header: str, *, baseline: str = "grpo",
-           reps: int = REPS) -> tuple[dict[str, str], dict[str, bytes]]:
-    """({stress.md, stress.csv, stress_runs.csv: text}, {figures/stress_*.png: PNG})."""
+def write(runs: list[Run], header: Header, options: Options) -> dict:
+    """The markdown and the two CSV tables, and each suite's figures; nothing without finished runs."""
+    sweep, baseline = options.sweep, options.baseline
     per_run = run_frame(runs, sweep)
     if per_run.empty:
-        return {}, {}
-    cells = cell_frame(per_run, baseline, reps)
+        return {}
+    cells = cell_frame(per_run, baseline, options.reps)
     colors = colors_for(per_run.algorithm)
-    texts = {
-        "stress.md": markdown(runs, per_run, cells, header, sweep, baseline),
-        "stress.csv": csv_text(cells),
-        "stress_runs.csv": csv_text(per_run),
+    files: dict = {
+        "markdown": markdown(runs, per_run, cells, header.text("Stress"), sweep, baseline),
+        "csv": csv_text(cells),
+        "runs_csv": csv_text(per_run),
     }
-    figures = {}
     for suite in sorted(set(per_run.suite)):
         c, p = cells[cells.suite == suite], per_run[per_run.suite == suite]
-        figures[f"figures/stress_{suite}_collapse.png"] = rate_figure(c, suite, sweep, colors, "collapse_rate", ("collapse_low", "collapse_high"), "collapse rate")
-        figures[f"figures/stress_{suite}_heldout.png"] = rate_figure(c, suite, sweep, colors, "heldout", ("heldout_low", "heldout_high"), f"held-out {METRIC}")
-        figures[f"figures/stress_{suite}_steps.png"] = steps_figure(p, suite, sweep, colors)
-        figures[f"figures/stress_{suite}_entropy.png"] = trajectory_figure(runs, suite, sweep, "actor/entropy", "token entropy", colors)
-        figures[f"figures/stress_{suite}_grad_norm.png"] = trajectory_figure(runs, suite, sweep, "actor/grad_norm", "gradient norm", colors)
-        figures[f"figures/stress_{suite}_taxonomy.png"] = taxonomy_figure(runs, suite, sweep, colors)
-    return texts, figures
+        files["collapse", suite] = rate_figure(c, suite, sweep, colors, "collapse_rate", ("collapse_low", "collapse_high"), "collapse rate")
+        files["heldout", suite] = rate_figure(c, suite, sweep, colors, "heldout", ("heldout_low", "heldout_high"), f"held-out {METRIC}")
+        files["steps", suite] = steps_figure(p, suite, sweep, colors)
+        files["entropy", suite] = trajectory_figure(runs, suite, sweep, "actor/entropy", "token entropy", colors)
+        files["grad_norm", suite] = trajectory_figure(runs, suite, sweep, "actor/grad_norm", "gradient norm", colors)
+        files["taxonomy", suite] = taxonomy_figure(runs, suite, sweep, colors)
+    return files
