@@ -51,11 +51,21 @@ _Loader.add_constructor(
 _Dumper.add_representer(FunctionRef, lambda dumper, ref: dumper.represent_scalar("!function", ref))
 
 
-def template_path(suite: str) -> Path:
+def suite_template(suite: str) -> dict[str, Any]:
+    """The suite's task template, its includes merged: evals/tasks/<suite>.yaml, or for a suite
+    registered from outside without one, its task's scoring (_math.yaml or _qa.yaml) over the
+    JSONL `rlvr data` writes (a template of its own may still ship beside the package's)."""
     path = TASKS_DIR / f"{suite}.yaml"
-    if not path.is_file():
+    if path.is_file():
+        return load_template(path)
+    from evals.suites import SUITES
+
+    if suite not in SUITES:
         raise ValueError(f"no lm-eval task template for suite {suite!r} (expected {path})")
-    return path
+    scoring = TASKS_DIR / f"_{SUITES[suite].task}.yaml"
+    if not scoring.is_file():
+        raise ValueError(f"suite {suite!r}: task {SUITES[suite].task!r} has no scoring template (expected {scoring})")
+    return {**load_template(scoring), "task": f"rlvr_{suite}", "dataset_path": "json", "dataset_kwargs": {}}
 
 
 def load_template(path: str | Path) -> dict[str, Any]:
@@ -96,7 +106,7 @@ def resolve_task_config(
     the dataset's own schema, or None for the hub id. Paths are made absolute, because lm-eval
     may resolve them from another working directory.
     """
-    cfg = copy.deepcopy(load_template(template_path(suite)))
+    cfg = copy.deepcopy(suite_template(suite))
     cfg["task"] = f"{cfg['task']}_{variant}"
     kwargs = cfg.setdefault("dataset_kwargs", {})
     if is_benchmark_task(cfg):
