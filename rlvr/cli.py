@@ -5,7 +5,7 @@
     rlvr sft   --config RUN.yaml [key.sub=value ...]
     rlvr train --config RUN.yaml [key.sub=value ...]
     rlvr eval  --config RUN.yaml [key.sub=value ...]   (eval.checkpoint, eval.suites, eval.k, ...)
-    rlvr aggregate --runs runs --experiment NAME --out results [--sweep train.lr]
+    rlvr aggregate --runs runs --experiment NAME --out results [--sweep train.lr] [--modules my_report.py]
     rlvr bench [--repeats 3]                             (make bench; needs the bench extra)
 """
 
@@ -105,8 +105,10 @@ def _cmd_eval(args) -> None:
 def _cmd_aggregate(args) -> None:
     from pathlib import Path
 
+    from rlvr.extensions import import_modules
     from rlvr.report.aggregate import aggregate
 
+    import_modules(args.modules)  # a report of your own registers itself
     written = aggregate(Path(args.runs), Path(args.out), command="rlvr " + " ".join(sys.argv[1:]),
                         config_name=args.config_name, experiment=args.experiment,
                         manifest=Path(args.manifest) if args.manifest else None,
@@ -148,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="run config YAML")
         p.add_argument("overrides", nargs="*", help="config overrides as key.sub=value")
-    agg = sub.add_parser("aggregate", help="leaderboard, stability tables and figures from run dirs")
+    agg = sub.add_parser("aggregate", help="every report that applies (leaderboard, stability, ...) from run dirs")
     agg.add_argument("--runs", default="runs", help="runs root (holds <experiment>/...)")
     agg.add_argument("--experiment", default=None)
     agg.add_argument("--out", default="results")
@@ -156,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--manifest", default=None, help="also write a JSON list of what was aggregated here")
     agg.add_argument("--sweep", default=None, help="run-config field the experiment sweeps (e.g. train.lr): stress tables")
     agg.add_argument("--baseline", default="grpo", help="algorithm the probability of improvement is against")
+    agg.add_argument("--modules", action="append", default=[], help="a module of yours to import first (its reports)")
     from rlvr.report.intervals import REPS as BOOTSTRAP_REPS  # numpy only
 
     agg.add_argument("--reps", type=int, default=BOOTSTRAP_REPS, help="bootstrap replications per interval")

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 LINT = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"]
 
@@ -31,3 +33,19 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     assert out.returncode != 0
     assert "rlvr.config is not allowed to import rlvr.train" in out.stdout
     assert "No cycles are allowed in rlvr." in out.stdout
+
+
+@pytest.mark.parametrize(("module", "imports", "says"), [
+    ("report/stability.py", "rlvr.update", "rlvr.report is not allowed to import rlvr.update:"),  # forbidden
+    ("update/step.py", "rlvr.report.runs", "rlvr.update is not allowed to import rlvr.report:"),  # a layer up
+    ("train.py", "rlvr.report.aggregate", "rlvr.train is not allowed to import rlvr.report:"),  # train | report
+])
+def test_an_import_between_the_report_and_the_training_side_breaks_the_contract(tmp_path, module, imports, says):
+    for package in ("rlvr", "algorithms", "evals"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    with open(tmp_path / "rlvr" / module, "a") as f:
+        f.write(f"\nimport {imports}  # noqa: E402, F401\n")
+    out = lint(tmp_path)
+    assert out.returncode != 0
+    assert says in out.stdout, out.stdout[-3000:]

@@ -1,4 +1,4 @@
-STRESS_FIGURES = ("collapse", "heldout", "steps", "entropy", "grad_norm", "taxonomy")
+from rlvr.report import Options, planned_outputs
 
 
 def shown(path, category, subcategory=None):
@@ -8,41 +8,20 @@ def shown(path, category, subcategory=None):
 
 
 def tables_and_figures():
-    """Every file the aggregate writes, registered with Snakemake's report (`snakemake --report
-    results/report.html` then holds them on one page), by what they show."""
-    out = {
-        "leaderboard": shown(f"{RESULTS}/leaderboard.md", "Leaderboard"),
-        "leaderboard_csv": shown(f"{RESULTS}/leaderboard.csv", "Leaderboard"),
-        "stability": shown(f"{RESULTS}/stability.md", "Stability"),
-        "stability_csv": shown(f"{RESULTS}/stability.csv", "Stability"),
-        "profile": shown(f"{RESULTS}/figures/performance_profile.png", "Leaderboard"),
-        "figures": [
-            shown(f"{RESULTS}/figures/{suite}_{metric}.png", "Training curves", suite)
-            for suite in SUITES for metric in ("entropy", "reward", "grad_norm")
-        ],
+    """Every file the reports that apply write (rlvr/report/__init__.py's REPORTS, the matrix's
+    `modules:` ones included: planning imported them), one named output per report, registered
+    with Snakemake's report by what they show (`snakemake --report results/report.html`)."""
+    options = Options(sweep=config.get("sweep"), curves=bool(CURVES))
+    return {
+        name: [shown(f"{RESULTS}/{out.path}", out.category, out.subcategory) for out in outputs]
+        for name, outputs in planned_outputs(options, SUITES).items()
     }
-    if config.get("sweep"):
-        out |= {
-            "stress": shown(f"{RESULTS}/stress.md", "Stress"),
-            "stress_csv": shown(f"{RESULTS}/stress.csv", "Stress"),
-            "stress_runs": shown(f"{RESULTS}/stress_runs.csv", "Stress"),
-            "stress_figures": [
-                shown(f"{RESULTS}/figures/stress_{suite}_{kind}.png", "Stress", suite)
-                for suite in SUITES for kind in STRESS_FIGURES
-            ],
-        }
-    if CURVES:
-        out |= {
-            "scaling": shown(f"{RESULTS}/scaling.md", "Scaling"),
-            "scaling_csv": shown(f"{RESULTS}/scaling.csv", "Scaling"),
-            "scaling_figures": [shown(f"{RESULTS}/figures/{suite}_scaling.png", "Scaling") for suite in SUITES],
-        }
-    return out
 
 
 def aggregate_options():
     sweep = f"--sweep {shlex.quote(config['sweep'])} " if config.get("sweep") else ""
-    return sweep + f"--baseline {shlex.quote(config.get('baseline', 'grpo'))}"
+    modules = "".join(f" --modules {shlex.quote(m)}" for m in PLAN.modules)
+    return sweep + f"--baseline {shlex.quote(config.get('baseline', 'grpo'))}" + modules
 
 
 rule aggregate:
@@ -57,7 +36,7 @@ rule aggregate:
         manifest=f"runs/{EXP}/aggregated.json",
     params:
         runs=lambda w, output: os.path.dirname(os.path.dirname(output.manifest)),  # runs/<exp>/..
-        out=lambda w, output: os.path.dirname(output.leaderboard),
+        out=RESULTS,
         exp=EXP,
         config_name=lambda w: os.path.relpath(workflow.configfiles[-1]) if workflow.configfiles else "config/default.yaml",
         options=aggregate_options(),
