@@ -1,4 +1,4 @@
-"""rlvr.intervals: rliable's estimates on inputs whose answers are known by hand."""
+"""rlvr.report.intervals: rliable's estimates on inputs whose answers are known by hand."""
 
 import math
 
