@@ -78,3 +78,10 @@ def test_a_file_the_report_does_not_declare_is_an_error(monkeypatch):
     report = Report("undeclared", "undeclared_report", {"markdown": Output("u.md", "U")})
     with pytest.raises(KeyError, match=r"report 'undeclared' wrote \('figure', 'math'\), which it does not declare"):
         report.make([], None, Options())
+
+
+def test_declaring_the_reports_imports_nothing_heavy():
+    """The Snakefile reads REPORTS while planning: no pandas, matplotlib or torch for it."""
+    script = "import sys, rlvr.report; print(sorted({'pandas', 'matplotlib', 'torch'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -61,8 +61,12 @@ class Output:
         return SUITE in self.path
 
     def for_suite(self, suite: str) -> Output:
-        fill = (lambda text: text.replace(SUITE, suite)) if self.per_suite else (lambda text: text)
-        return Output(fill(self.path), self.category, self.subcategory and fill(self.subcategory))
+        """The file of one suite ("{suite}" in the subcategory too: the report page files each
+        suite's figures apart)."""
+        def fill(text: str | None) -> str | None:
+            return text.replace(SUITE, suite) if text else text
+
+        return Output(fill(self.path), self.category, fill(self.subcategory))
 
 
 def _always(options: Options) -> bool:
@@ -83,8 +87,8 @@ class Report:
 
     def files(self, suites: Iterable[str]) -> list[Output]:
         """Every file it may write for an experiment over `suites`."""
-        return [f for out in self.outputs.values() for f in (
-            [out.for_suite(s) for s in suites] if out.per_suite else [out])]
+        suites = list(suites)
+        return [f for out in self.outputs.values() for f in ([out.for_suite(s) for s in suites] if out.per_suite else [out])]
 
     def make(self, runs: list[Run], header: Header, options: Options) -> dict[str, str | bytes]:
         """{path relative to the results dir: content} of the files its `write` built."""
@@ -97,7 +101,7 @@ class Report:
         if out is None or out.per_suite != (suite is not None):
             declared = ", ".join(f"{k}{' (per suite)' if o.per_suite else ''}" for k, o in self.outputs.items())
             raise KeyError(f"report {self.name!r} wrote {key!r}, which it does not declare (outputs: {declared})")
-        return out.for_suite(suite).path if suite is not None else out.path
+        return out.for_suite(suite).path if out.per_suite else out.path
 
 
 REPORTS: list[Report] = [
