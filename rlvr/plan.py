@@ -32,6 +32,9 @@ from rlvr.extensions import import_planning_modules
 COMMANDS = {"base": "rlvr sft", "train": "rlvr train", "eval": "rlvr eval", "curve": "rlvr eval"}
 
 
+MANIFEST = "plan.json"  # in runs/<experiment>/: every planned run, read back by the report side
+
+
 class PlanError(ValueError):
     """A matrix that cannot run, in one line naming the field and what is allowed."""
 
@@ -118,7 +121,7 @@ class Paths:
         return f"{self.run_dir(suite, model, algo, seed)}/curve/{evalsuite}.json"
 
     def manifest(self) -> str:
-        return f"runs/{self.exp}/plan.json"
+        return f"runs/{self.exp}/{MANIFEST}"
 
     def log(self, stage: str, *parts: str) -> str:
         return "/".join([f"logs/{self.exp}/{stage}", *parts]) + ".log"
@@ -167,10 +170,12 @@ class Plan:
         raise PlanError(f"{config_path!r} is no job's run config in the plan of experiment {self.experiment!r}")
 
     def manifest(self) -> dict:
-        """What the report side reads back: every planned run with its labels and directory."""
-        runs = [{"suite": s, "model": m, "algorithm": None, "seed": None, "dir": self.paths.base_dir(s, m)}
+        """What the report side reads back: every planned run with its labels and directory
+        (relative to runs/<experiment>/; seed None: the base before RL)."""
+        where = len(f"runs/{self.experiment}/")
+        runs = [{"suite": s, "model": m, "algorithm": None, "seed": None, "dir": self.paths.base_dir(s, m)[where:]}
                 for s in self.suites for m in self.suite_models(s)]
-        runs += [{"suite": s, "model": m, "algorithm": a, "seed": seed, "dir": self.paths.run_dir(s, m, a, seed)}
+        runs += [{"suite": s, "model": m, "algorithm": a, "seed": seed, "dir": self.paths.run_dir(s, m, a, seed)[where:]}
                  for s in self.suites for m in self.suite_models(s) for a in self.algorithms for seed in self.seeds]
         return {"experiment": self.experiment, "matrix": self.matrix_file, "runs": runs}
 

@@ -284,3 +284,21 @@ def test_partial_tree_does_not_crash(tmp_path, monkeypatch):
     text = written["stability.md"].read_text()
     assert "commit `unknown`" in text and "`math/qwen2/grpo/seed0`: failed at step 1 (OOM)" in text
     assert "| dapo | 0 | — |" in text
+
+
+def test_the_runs_read_back_are_the_plans_not_what_an_older_matrix_left(tmp_path):
+    """With the plan's runs/<exp>/plan.json (written by the DAG, rlvr/plan.py) the tables hold the
+    runs the matrix asks for: a wapo left on disk by an earlier matrix is not read."""
+    from rlvr.plan import Plan
+    from rlvr.report.runs import discover_runs
+
+    root = build_tree(tmp_path) / "exp"
+    plan = Plan({"experiment": "exp", "suites": {s: {} for s in SUITES}, "models": {f: {"family": f} for f in FAMILIES},
+                 "algorithms": {"grpo": {}}, "seeds": list(SEEDS)})  # fmt: skip
+    globbed = discover_runs(root)
+    (root / "plan.json").write_text(json.dumps(plan.manifest()))
+    planned = discover_runs(root)
+    assert {r.algorithm for r in globbed} == {"grpo", "wapo", "base"}
+    assert [(r.suite, r.family, r.label, r.seed) for r in planned] == [
+        (r.suite, r.family, r.label, r.seed) for r in globbed if r.algorithm != "wapo"]
+    assert len(planned) == len(SUITES) * len(FAMILIES) * (1 + len(SEEDS))

@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from rlvr.plan import MANIFEST
+
 BASE = "base"
 BASE_LABEL = "base (before RL)"
 FINISHED = ("completed", "collapsed")
@@ -173,13 +175,19 @@ def _visible(path: Path, root: Path) -> bool:
 
 
 def discover_runs(root: Path) -> list[Run]:
-    """Every seed directory and base model under an experiment directory, in a stable order."""
-    runs = []
-    for path in sorted(root.glob("*/*/*/seed*")):
-        match = SEED_DIR.fullmatch(path.name)
-        if match and path.parent.name != BASE and _visible(path, root):
-            runs.append(_load_run(root, path, int(match.group(1))))
-    runs += [_load_run(root, p, None) for p in sorted(root.glob(f"*/*/{BASE}")) if _visible(p, root)]
+    """The runs of an experiment directory, in a stable order: those its run plan lists
+    (<root>/plan.json, rlvr/plan.py: what the matrix asks for, not what an older matrix left on
+    disk), or for a tree without a plan every seed directory and base model found in it."""
+    planned = read_json(root / MANIFEST)
+    if planned is not None:
+        runs = [_load_run(root, root / r["dir"], r["seed"]) for r in planned["runs"] if (root / r["dir"]).is_dir()]
+    else:
+        runs = []
+        for path in sorted(root.glob("*/*/*/seed*")):
+            match = SEED_DIR.fullmatch(path.name)
+            if match and path.parent.name != BASE and _visible(path, root):
+                runs.append(_load_run(root, path, int(match.group(1))))
+        runs += [_load_run(root, p, None) for p in sorted(root.glob(f"*/*/{BASE}")) if _visible(p, root)]
     return sorted(runs, key=lambda r: (r.suite, r.family, not r.is_base, r.algorithm, r.seed or 0))
 
 

@@ -26,6 +26,7 @@ def aggregate_options():
 
 rule aggregate:
     input:
+        plan=PLAN.paths.manifest(),  # the runs the reports read back
         statuses=all_statuses(),
         evals=all_evals(),
         curves=all_curves(),
