@@ -5,6 +5,7 @@
     rlvr sft   --config RUN.yaml [key.sub=value ...]
     rlvr train --config RUN.yaml [key.sub=value ...]
     rlvr eval  --config RUN.yaml [key.sub=value ...]   (eval.checkpoint, eval.suites, eval.k, ...)
+    rlvr plan  config/default.yaml [--stage train] [--write]  (every job and its command)
     rlvr aggregate --runs runs --experiment NAME --out results [--sweep train.lr] [--modules my_report.py]
     rlvr bench [--repeats 3]                             (make bench; needs the bench extra)
 """
@@ -116,6 +117,23 @@ def _cmd_aggregate(args) -> None:
     print(f"aggregate: wrote {len(written)} files to {args.out}")
 
 
+def _cmd_plan(args) -> None:
+    """Each job of a matrix: its stage, its command; --write also writes the jobs' run configs
+    (what the DAG's run_config rule does), so any job runs by hand with its command."""
+    from pathlib import Path
+
+    from rlvr.io import atomic_write_text
+    from rlvr.plan import load_matrix
+
+    plan = load_matrix(args.matrix)
+    for job in plan.jobs.values():
+        if args.stage in (None, job.stage):
+            print(f"{job.stage:6} {job.command}")
+            if args.write and job.config_path:
+                Path(job.config_path).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(job.config_path, job.config_text)
+
+
 def _cmd_bench(args) -> None:
     from rlvr.bench import main as bench
 
@@ -129,6 +147,7 @@ COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
     "aggregate": _cmd_aggregate,
+    "plan": _cmd_plan,
     "bench": _cmd_bench,
 }
 
@@ -162,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     from rlvr.report.intervals import REPS as BOOTSTRAP_REPS  # numpy only
 
     agg.add_argument("--reps", type=int, default=BOOTSTRAP_REPS, help="bootstrap replications per interval")
+    plan = sub.add_parser("plan", help="the jobs of a matrix and their commands (rlvr/plan.py)")
+    plan.add_argument("matrix", help="the matrix YAML, e.g. config/default.yaml")
+    plan.add_argument("--stage", choices=["data", "index", "base", "train", "eval", "curve"], help="only this stage's jobs")
+    plan.add_argument("--write", action="store_true", help="also write each job's run config where its command reads it")
     bench = sub.add_parser("bench", help="step benchmark against TRL's GRPOTrainer (needs the bench extra)")
     from rlvr.bench import REPEATS  # stdlib imports only
 

@@ -32,6 +32,7 @@ from rlvr.extensions import import_planning_modules
 COMMANDS = {"base": "rlvr sft", "train": "rlvr train", "eval": "rlvr eval", "curve": "rlvr eval"}
 
 
+SCHEMA = Path(__file__).resolve().parents[1] / "workflows" / "schema" / "config.schema.yaml"
 MANIFEST = "plan.json"  # in runs/<experiment>/: every planned run, read back by the report side
 
 
@@ -394,6 +395,23 @@ class Plan:
                                  [self.paths.status(suite, model, algo, seed), self.paths.data(suite, "test"), *self._index_inputs(suite)],
                                  self.paths.log("curve", suite, model, algo, f"seed{seed}", suite), config,
                                  f"{where}/curve/{suite}.yaml")
+
+
+def load_matrix(path: str | Path) -> Plan:
+    """The plan of a matrix file, checked against workflows/schema/config.schema.yaml first (its
+    defaults filled in), as Snakemake does before planning."""
+    import yaml
+    from snakemake.utils import validate
+
+    if not Path(path).is_file():
+        raise PlanError(f"matrix file {str(path)!r} does not exist (the matrices: config/*.yaml)")
+    matrix = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        validate(matrix, str(SCHEMA))
+    except Exception as err:  # snakemake's WorkflowError: the schema's own message
+        lines = str(err).splitlines()  # "Error validating config file.", then jsonschema's own line
+        raise PlanError(f"{path}: {(lines[1:] or lines)[0].removeprefix('ValidationError: ')}") from None
+    return Plan(matrix, str(path))
 
 
 def _train_launcher(processes: int, nodes: int) -> str:

@@ -81,3 +81,28 @@ def test_a_module_whose_names_only_running_tells_is_not_checked(tmp_path, monkey
     assert registered_names([str(computed)]) is None
     assert registered_names([str(tmp_path / "missing.py")]) is None  # the job names the import error
     assert "dotted_one" in registered_names(["pkg.algo"])
+
+
+def test_rlvr_plan_lists_every_job_and_writes_the_configs_its_commands_read(tmp_path):
+    """`rlvr plan MATRIX --write`: every job's command, and the run config it reads written where
+    it reads it, so a job runs by hand without Snakemake; a schema error is one line."""
+    from rlvr.config import dump_config, load_config
+
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(yaml.safe_dump(default_config()))
+    done = subprocess.run([str(BIN / "rlvr"), "plan", str(matrix), "--stage", "train", "--write"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=True)
+    commands = [line.split(None, 1)[1] for line in done.stdout.splitlines()]
+    cfg = default_config()
+    assert len(commands) == len(cfg["suites"]) * len(cfg["models"]) * len(cfg["algorithms"]) * len(cfg["seeds"])
+    first = commands[0].split()
+    assert first[:3] == ["rlvr", "train", "--config"]
+    written = load_config(tmp_path / first[3])
+    assert written.output_dir == str(Path(first[3]).parent) and written.train.steps == cfg["run"]["train"]["steps"]
+    assert written.algorithm.name == Path(first[3]).parts[-3] and written.seed == int(Path(first[3]).parts[-2][4:])
+    assert dump_config(written) == (tmp_path / first[3]).read_text()  # the resolved config, whole
+
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(with_(sedes=[0])))
+    bad = subprocess.run([str(BIN / "rlvr"), "plan", "typo.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "rlvr plan: error: typo.yaml: Additional properties are not allowed ('sedes' was unexpected)")
