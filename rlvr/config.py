@@ -7,10 +7,18 @@ ones, before any compute starts. The resolved config is written beside each run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlvr import engines
+
+# rollout.engine and eval.backend: `auto` or the name of an engine in the registry
+# (rlvr/engines.py: native, hf, vllm, and any an `algorithm.modules` module registers). Those
+# register only once the stage imports them, so config_from_dict checks the names only when the
+# config lists no modules; a stage checks them again when it resolves them (the same error).
+EngineChoice = Annotated[str, Field(min_length=1)]
 
 
 class Section(BaseModel):
@@ -56,7 +64,7 @@ class AlgorithmConfig(Section):
     modules: list[str] = Field(
         default_factory=list,
         description="External Python modules (dotted names or .py paths) imported first, so "
-        "their @algorithms.register runs.",
+        "their @algorithms.register (or register_engine, register_suite, ...) runs.",
     )
     hparams: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of the algorithm's hyper-parameters."
@@ -123,10 +131,11 @@ class EpisodeConfig(Section):
 
 
 class RolloutConfig(Section):
-    engine: Literal["auto", "native", "hf", "vllm"] = Field(
+    engine: EngineChoice = Field(
         "auto",
         description="native (rlvr's KV-cached CPU decoder, Llama/Qwen2), hf (transformers "
-        "generate, any model), vllm (GPU); auto = native where it applies, else hf.",
+        "generate, any model), vllm (GPU), or an engine of your own (rlvr/engines.py); "
+        "auto = native where it applies, else hf.",
     )
     prompts_per_step: int = Field(16, ge=1, description="P: prompts drawn per RL step.")
     group_size: int = Field(8, ge=1, description="G: completions sampled per prompt.")
@@ -224,10 +233,11 @@ class EvalConfig(Section):
     out: str | None = Field(
         None, description="Where <suite>.json files go (default: <output_dir>/eval)."
     )
-    backend: Literal["auto", "native", "hf", "vllm"] = Field(
+    backend: EngineChoice = Field(
         "auto",
         description="lm-eval model: hf (HFLM, transformers generate), native (HFLM generating "
-        "with rlvr's native decoder, Llama/Qwen2), vllm (GPU); auto = native where it applies.",
+        "with rlvr's native decoder, Llama/Qwen2), vllm (GPU), or an engine of your own "
+        "(rlvr/engines.py); auto = native where it applies.",
     )
     k: int = Field(4, ge=1, description="Samples per prompt for avg@k and pass@k.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for avg@k / pass@k.")
@@ -379,9 +389,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 def config_from_dict(raw: dict) -> RunConfig:
     """Validate a nested run config (the run plan's, or a YAML file's). Raises ConfigError."""
     try:
-        return RunConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_one_line(err)) from None
+    if not cfg.algorithm.modules:  # else a listed module may register the name: checked at resolution
+        try:
+            engines.check_names(cfg)
+        except engines.EngineError as err:
+            raise ConfigError(str(err)) from None
+    return cfg
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -148,19 +148,9 @@ def size_vllm_cpu_kv_cache(gib: int) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gib))
 
 
-def check_engines(cfg) -> None:
-    """Engine choices that cannot run, rejected before any model loads (one line each)."""
-    if cfg.model.lora.enabled:  # the native layers read plain weights (rlvr/native/support.py)
-        for field, value in (("train.forward", cfg.train.forward), ("rollout.engine", cfg.rollout.engine)):
-            if value == "native":
-                raise ValueError(
-                    f"{field}=native cannot run a model with LoRA adapters (model.lora.enabled): "
-                    f"the native layers read plain weights; use {field}=auto or hf"
-                )
-    for field, value in (("rollout.engine", cfg.rollout.engine), ("eval.backend", cfg.eval.backend)):
-        if value == "vllm" and vllm_platform() is None:
-            raise ValueError(
-                f"{field}=vllm: vLLM cannot run here (a CUDA GPU with upstream vllm, the `gpu` "
-                f"extra; or an x86 CPU with vllm-cpu, `make test-vllm`'s .venv-vllm); use "
-                f"{field}=auto (the native decoder for Llama/Qwen2, else transformers generate)"
-            )
+
+def set_threads(cfg) -> None:
+    """train.threads, the CPU thread budget of every stage of a run (sft, train, eval), as
+    torch's thread count; unset: torch's default."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)

@@ -17,7 +17,9 @@ from evals.suites import get_suite
 from evals.verifiers import get_reward
 from rlvr.config import RunConfig
 from rlvr.data import load_records
-from rlvr.device import provenance, resolve_precision
+from rlvr.device import provenance, resolve_precision, set_threads
+from rlvr.engines import ROLLOUT_FIELD, check_names, choice_outside_training
+from rlvr.extensions import import_modules
 from rlvr.io import atomic_write_json
 from rlvr.models import (
     TinySpec,
@@ -91,11 +93,10 @@ def collate(examples: list[tuple[list[int], list[bool]]], pad_id: int):
 
 @torch.no_grad()
 def sampled_accuracy(model, tok, cfg: RunConfig, records, reward_fn, seed: int) -> float:
-    # SFT warm-starts tiny models on CPU: sample with a CPU engine (native where it applies)
-    rollout = cfg.rollout
-    if rollout.engine == "vllm":
-        rollout = rollout.model_copy(update={"engine": "auto"})
-    engine = make_rollout_engine(rollout, model, tok)
+    # the model in hand, not the trainer's policy: an engine that samples the policy only (vllm)
+    # gives way to auto (native where it applies)
+    choice = choice_outside_training(ROLLOUT_FIELD, cfg.rollout.engine)
+    engine = make_rollout_engine(cfg.rollout.model_copy(update={"engine": choice}), model, tok)
     rewards = []
     for i in range(0, len(records), 64):
         chunk = records[i : i + 64]
@@ -106,9 +107,10 @@ def sampled_accuracy(model, tok, cfg: RunConfig, records, reward_fn, seed: int) 
 
 def sft(cfg: RunConfig) -> dict:
     out_dir = Path(cfg.output_dir)
+    import_modules(cfg.algorithm.modules)  # engines of your own register before one is chosen
+    check_names(cfg)
     seed_everything(cfg.seed)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    set_threads(cfg)
     records = load_records(cfg.data.train)
     check_retriever(cfg.rollout.episode)
     # "accuracy": the suite's correctness (EM for a search suite, whose reward adds a format score)

@@ -31,7 +31,8 @@ from evals.suites import get_suite
 from evals.verifiers import get_reward
 from rlvr.config import RunConfig
 from rlvr.data import load_records
-from rlvr.device import check_engines, provenance, resolve_precision
+from rlvr.device import provenance, resolve_precision, set_threads
+from rlvr.engines import check_run
 from rlvr.io import atomic_write_json
 from rlvr.models import check_model_source, load_model_and_tokenizer
 from rlvr.models import save_checkpoint as save_hf
@@ -89,13 +90,12 @@ class Trainer:
         cfg.train.precision = self.precision.used
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        set_threads(cfg)
         # algorithm, data, engines and the model's location are validated before any model loads
         check_ranks(cfg)
-        check_engines(cfg)
+        algorithms.import_modules(cfg.algorithm.modules)  # your algorithms and engines register
+        check_run(cfg)
         check_retriever(cfg.rollout.episode)
-        algorithms.import_modules(cfg.algorithm.modules)
         self.algo = algorithms.get(cfg.algorithm.name, **cfg.algorithm.hparams)
         self.algo.bind(
             group_size=cfg.rollout.group_size,

