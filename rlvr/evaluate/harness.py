@@ -220,7 +220,7 @@ def _load_lm(cfg: RunConfig, checkpoint: Path):
     load = functools.cache(functools.partial(_load_model, cfg, checkpoint))
     episodes = cfg.rollout.episode.mode == "search"
     use = engines.EVAL_EPISODES if episodes else engines.LM_EVAL
-    engine = engines.resolve(engines.EVAL_FIELD, cfg.eval.backend, load, use)
+    engine = engines.resolve(engines.EVAL_FIELD, cfg.eval.backend, lambda: load()[0], use)
     if episodes:
         from rlvr.evaluate.episode_lm import EpisodeLM
 
