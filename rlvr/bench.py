@@ -172,7 +172,14 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
+HISTORY_MARKER = "<!-- `rlvr bench` (rlvr/bench.py) writes everything above this line. The history below is kept by hand. -->"
 REPEATS = 3  # alternating runs per side: the shared machine's noise is ~10% between runs
+
+
+def with_history(text: str, path: Path) -> str:
+    """This run's tables, then the measured history the file keeps below HISTORY_MARKER."""
+    old = path.read_text() if path.is_file() else ""
+    return text + "\n" + (old[old.index(HISTORY_MARKER):] if HISTORY_MARKER in old else HISTORY_MARKER + "\n")
 
 
 def main(repeats: int = REPEATS, out_md: str | None = "results/perf.md") -> str:
@@ -256,7 +263,7 @@ def main(repeats: int = REPEATS, out_md: str | None = "results/perf.md") -> str:
                          f"our step {r['step_s']:.3f} s = {floor / r['step_s']:.0%} of the floor's speed.")
     text = "\n".join(lines) + "\n"
     if out_md:
-        atomic_write_text(out_md, text)
+        atomic_write_text(out_md, with_history(text, Path(out_md)))
     print(text)
     return text
 

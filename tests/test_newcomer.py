@@ -16,6 +16,7 @@ from rlvr.config import load_config
 from rlvr.data import write_suite
 from rlvr.device import Device, resolve_precision, this_device
 from rlvr.models import ModelNotFoundError, build_tiny_model, check_model_source, save_checkpoint
+from rlvr.plan import Paths
 
 ROOT = Path(__file__).resolve().parents[1]
 AVX2 = Device("cpu", "AMD EPYC (test)", "AVX2", (), False)
@@ -147,8 +148,8 @@ def test_the_readme_lm_eval_command_works_where_make_run_writes_the_data(tiny, t
     pretrained=CKPT` from the repo root after `make run`. The task template must read the test
     file where the DAG's data rule writes it for the default experiment."""
     experiment = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())["experiment"]
-    dag_path = f"data/{experiment}/math/test.jsonl"  # workflows/rules/data.smk: data/{exp}/{suite}/
-    assert "data/{exp}/{suite}/test.jsonl" in (ROOT / "workflows" / "rules" / "data.smk").read_text()
+    dag_path = f"data/{experiment}/math/test.jsonl"
+    assert Paths(experiment).data("math", "test") == dag_path  # rlvr/plan.py: where the data jobs write
     template = yaml.safe_load((ROOT / "evals" / "tasks" / "math.yaml").read_text().replace("!function", ""))
     assert template["dataset_kwargs"]["data_files"]["test"] == dag_path
     write_suite("math", tmp_path / Path(dag_path).parent, seed=0, n_train=0, n_test=8)
