@@ -1,6 +1,6 @@
 """The algorithm names a config may use, read from the source instead of imported.
 
-Planning (workflows/rules/common.smk) rejects an algorithm label naming no registered algorithm,
+Planning (rlvr/plan.py) rejects an algorithm label naming no registered algorithm,
 and importing `algorithms` loads torch, which planning does without: this reads the
 `@register("name")` calls of the modules `algorithms/__init__.py` imports (every module of the
 package but `_INFRASTRUCTURE` and `_private` ones) and of a config's `modules:`.

@@ -228,7 +228,7 @@ class EvalConfig(Section):
         False,
         description="A learning curve instead: every hf_checkpoints/step_N of output_dir and its "
         "final/, each written to <out>/<checkpoint>/<suite>.json, and <out>/<suite>.json listing "
-        "the points (step, metrics) for the scaling fit (rlvr/curves.py).",
+        "the points (step, metrics) for the scaling fit (rlvr/report/scaling.py).",
     )
     out: str | None = Field(
         None, description="Where <suite>.json files go (default: <output_dir>/eval)."

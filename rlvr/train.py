@@ -194,7 +194,7 @@ class Trainer:
             **length_stats(torch.cat(lengths), torch.cat(truncated)),
             "rollout/gen_rounds": rounds,
             # every completion sampled this step, refill rounds included: the rollout compute C
-            # of the scaling-curve fits (rlvr/curves.py)
+            # of the scaling-curve fits (rlvr/report/scaling.py)
             "rollout/generated_tokens": int(sum(sampled)),
             "actor/kept_frac": n_kept_groups * G / len(rewards),
         }
