@@ -1,5 +1,6 @@
 # rlvr-bench: suite data -> base model per model × suite (tiny: init + SFT warm start) -> RL run
 # per algorithm × model × suite × seed -> lm-eval on every checkpoint -> leaderboard + stability.
+# Every job, its run config and its command come from the run plan (rlvr/plan.py; `rlvr plan CONFIG`).
 #   make run                                   (local profile, config/default.yaml)
 #   snakemake --profile slurm all              (a Slurm cluster)
 #   snakemake --profile slurm all --configfile config/paper.yaml
