@@ -33,6 +33,9 @@ COMMANDS = {"base": "rlvr sft", "train": "rlvr train", "eval": "rlvr eval", "cur
 
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflows" / "schema" / "config.schema.yaml"
+# what the plan writes into a base directory (its run config; the configs and results of its
+# evaluations), which `rlvr sft` keeps when it swaps the trained model in
+BASE_DIR_KEEPS = ("config.yaml", "eval")
 MANIFEST = "plan.json"  # in runs/<experiment>/: every planned run, read back by the report side
 
 

@@ -28,6 +28,7 @@ from rlvr.models import (
     save_checkpoint,
     use_bf16_friendly_attention,
 )
+from rlvr.plan import BASE_DIR_KEEPS
 from rlvr.retrieval import check_retriever, make_retriever
 from rlvr.rollout import make_rollout_engine
 from rlvr.rollout.episode import scripted_segments
@@ -174,6 +175,9 @@ def sft(cfg: RunConfig) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(model, tok, tmp)
     atomic_write_json(tmp / "sft.json", summary)
+    for planned in BASE_DIR_KEEPS:  # the run plan's files stay, with their mtimes (Snakemake reads them)
+        if (out_dir / planned).exists() and not (tmp / planned).exists():
+            (out_dir / planned).rename(tmp / planned)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return summary

@@ -77,3 +77,23 @@ def test_a_suite_of_your_own_is_written_trained_and_evaluated_by_the_plans_comma
     # every test record, scored by the math template (the suite ships no task YAML of its own)
     assert result["suite"] == "doubling_example" and result["n"] == 8 and result["data"].endswith("doubling_example/test.jsonl")
     assert 0 <= result["metrics"]["pass@1"] <= 1
+
+
+def test_sft_swapping_its_model_in_keeps_the_plans_files(math_data, tmp_path):
+    """The plan writes a base's run config and its evaluations' configs into the base directory
+    before the base is trained; SFT's atomic swap of the directory keeps them, mtimes included
+    (else the next `make run` would rewrite them and retrain every base)."""
+    from rlvr.config import load_config
+    from rlvr.sft import sft
+
+    base = tmp_path / "base"
+    (base / "eval").mkdir(parents=True)
+    (base / "config.yaml").write_text("planned: run config\n")
+    (base / "eval" / "math.yaml").write_text("planned: eval config\n")
+    stamps = {p: p.stat().st_mtime_ns for p in (base / "config.yaml", base / "eval" / "math.yaml")}
+    cfg = load_config(None, ["model.family=qwen2", f"data.train={math_data}/train.jsonl", f"output_dir={base}",
+                             "sft.max_steps=2", "sft.eval_every=2", "sft.eval_prompts=4", "logging.progress=false"])
+    sft(cfg)
+    assert (base / "sft.json").is_file() and (base / "config.json").is_file()  # the trained base
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert (base / "eval" / "math.yaml").read_text() == "planned: eval config\n"
