@@ -49,20 +49,10 @@ def _cmd_index(args) -> None:
     print(f"index: {summary['documents']} passages of {args.corpus} in {summary['seconds']} s")
 
 
-def _run_config(args):
-    """The stage's run config, and the modules it names imported (your algorithms, suites and
-    engines register themselves before any registry is read)."""
-    from rlvr.extensions import import_modules
-
-    cfg = load_config(args.config, args.overrides)
-    import_modules(cfg.algorithm.modules)
-    return cfg
-
-
 def _cmd_sft(args) -> None:
     from rlvr.sft import sft
 
-    summary = sft(_run_config(args))
+    summary = sft(load_config(args.config, args.overrides))
     print(f"sft: sampled accuracy {summary['reached_accuracy']:.3f} "
           f"(target {summary['target_accuracy']}) after {summary['steps']} steps, {summary['seconds']:.0f} s")
 
@@ -73,7 +63,7 @@ def _cmd_train(args) -> int:
     from rlvr.update.distributed import shutdown_distributed
 
     try:
-        status = train(_run_config(args))
+        status = train(load_config(args.config, args.overrides))
         main = is_main()  # read before the group is gone
     except BaseException:
         # one process: tear down for a later in-process run. Several ranks: no barrier with peers
@@ -92,7 +82,7 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> None:
     from rlvr.evaluate import default_out, evaluate, evaluate_curve, summary_line
 
-    cfg = _run_config(args)
+    cfg = load_config(args.config, args.overrides)
     if cfg.eval.curve:
         for suite, curve in evaluate_curve(cfg).items():
             print(f"eval: {suite} curve over steps {[p['step'] for p in curve['points']]}")
