@@ -150,6 +150,7 @@ class Plan:
         self.jobs: dict[tuple[str, tuple], Job] = {}
         for job in self._all_jobs():
             self.jobs[(job.stage, tuple(sorted(job.wildcards.items())))] = job
+        self._by_config = {job.config_path: job for job in self.jobs.values() if job.config_path}
 
     # -- lookup (the rules' input functions) ---------------------------------------------------
 
@@ -168,9 +169,8 @@ class Plan:
 
     def config_job(self, config_path: str) -> Job:
         """The job whose run config is written at `config_path`."""
-        for job in self.jobs.values():
-            if job.config_path == config_path:
-                return job
+        if config_path in self._by_config:
+            return self._by_config[config_path]
         raise PlanError(f"{config_path!r} is no job's run config in the plan of experiment {self.experiment!r}")
 
     def manifest(self) -> dict:
