@@ -251,8 +251,9 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_relaunch_resum
     """What Slurm's `--signal=TERM@180` does to a data-parallel job: torchrun passes SIGTERM
     on to its ranks (and waits --shutdown-timeout for them); every rank stops after the same
     step, the checkpoint there holds every rank's part, status.json says preempted, and the
-    relaunch ends byte-identical to an uninterrupted run."""
-    long_run = (*RUN, "train.steps=12", "train.lr=1e-4", "collapse.stop=false")
+    relaunch ends byte-identical to an uninterrupted run. At rollout.staleness 2, so the
+    checkpoint also carries the batches in flight (generated, not yet trained) on both ranks."""
+    long_run = (*RUN, "train.steps=12", "train.lr=1e-4", "collapse.stop=false", "rollout.staleness=2")
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     run(train_cmd(2, sft_base, math_data, whole, *long_run))
     cmd = train_cmd(2, sft_base, math_data, cut, *long_run)
@@ -276,5 +277,6 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_relaunch_resum
     assert final_wall > 0 and whole_status.pop("wall_s") > 0
     assert final == whole_status and final["step"] == 12
     assert (whole / "metrics.jsonl").read_text() == metrics.read_text()
+    assert '"rollout/staleness": 2' in metrics.read_text()
     wa, wb = weights(whole / "final"), weights(cut / "final")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -73,12 +73,13 @@ def test_every_length_an_algorithm_sees_is_the_models_own_tokens(tiny, openbook,
     inner = Scripted(tok, {})
     inner.extend = lambda contexts, seeds, n, temperature, stop=(): [
         _turn(tok, tok.decode(c), seed) for c, seed in zip(contexts, seeds, strict=True)]
-    trainer.engine = EpisodeEngine(inner, tok, cfg.rollout, trainer.engine.retriever)
+    collector = trainer.batches.collector
+    collector.engine = EpisodeEngine(inner, tok, cfg.rollout, collector.engine.retriever)
     seen, algo = {}, trainer.algo
     shape, advantages = algo.shape_rewards, algo.advantages
     algo.shape_rewards = lambda r, lengths, t: (seen.__setitem__("shape", lengths), shape(r, lengths, t))[1]
     algo.advantages = lambda r, g, lengths: (seen.__setitem__("adv", lengths), advantages(r, g, lengths=lengths))[1]
-    batch, _ = trainer.collect()
+    batch, _ = collector.collect(0)
     trainer.advantages(batch)
     r = batch.rollouts
     injected = r.completion_mask.sum(-1) - r.loss_mask.sum(-1)

@@ -204,7 +204,7 @@ def test_trimmed_micro_batches_score_like_the_full_batch(sft_base, math_data, tm
     trainer = Trainer(load_config(None, run_overrides(
         sft_base, math_data, tmp_path, "rollout.prompts_per_step=8", "train.micro_batch_size=8",
     )))  # fmt: skip
-    batch, _ = trainer.collect()
+    batch, _ = trainer.batches.collector.collect(0)
     r = batch.rollouts
     parts = trainer.update.micro_batches(torch.arange(len(r.texts)), r.lengths)
     assert sorted(torch.cat(parts).tolist()) == list(range(len(r.texts)))

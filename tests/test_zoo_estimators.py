@@ -1,6 +1,6 @@
 """RLOO, REINFORCE++-baseline, OPO and GPG: hand-computed advantages and losses, degenerate
 groups, all-masked batches, micro-batch invariance, the completion-length hand-off that OPO and
-REINFORCE++ rely on (through the loop's own `Trainer.collect`), and cross-checks against verl
+REINFORCE++ rely on (through the loop's own `Collector.collect`), and cross-checks against verl
 0.9.1's core_algos on the same random float64 tensors.
 
 Expected values are literals worked out by hand (the arithmetic is in the comments), never by
@@ -349,9 +349,10 @@ def test_without_the_mini_batch_normalizer_micro_batches_disagree(name):
 
 
 def collect_through_the_loop(algo, rewards: list[float], lengths: list[int], G: int):
-    """Run the loop's own `Trainer.collect` (rlvr/train.py) with a fake engine whose completions
+    """Run the loop's own `Collector.collect` (rlvr/collect.py) with a fake engine whose completions
     have `lengths` tokens and a fake verifier returning `rewards`; then the advantages call
     `Trainer.train_step` makes (`Trainer.advantages`). Returns (batch, adv)."""
+    from rlvr.collect import Collector
     from rlvr.rollout.base import Rollouts
     from rlvr.train import Trainer
 
@@ -370,22 +371,18 @@ def collect_through_the_loop(algo, rewards: list[float], lengths: list[int], G: 
             texts=[""] * N,
         )
 
-    fake = SimpleNamespace(
-        cfg=SimpleNamespace(
-            rollout=SimpleNamespace(prompts_per_step=n_prompts, group_size=G),
-            seed=0,
-            algorithm=SimpleNamespace(name=algo.name),
-        ),
-        records=[SimpleNamespace(prompt=f"p{i}", answer="") for i in range(n_prompts)],
-        sampler=SimpleNamespace(next=lambda n: list(range(n))),
-        engine=SimpleNamespace(generate=generate),
-        rewards_for=lambda roll, records: torch.tensor(rewards),
-        algo=algo,
-        tok=SimpleNamespace(pad_token_id=0),
-        step=0,
+    cfg = SimpleNamespace(
+        rollout=SimpleNamespace(prompts_per_step=n_prompts, group_size=G),
+        seed=0,
+        algorithm=SimpleNamespace(name=algo.name),
     )
-    fake.sample_round = lambda records, round_: Trainer.sample_round(fake, records, round_)
-    batch, _ = Trainer.collect(fake)
+    records = [SimpleNamespace(prompt=f"p{i}", answer="") for i in range(n_prompts)]
+    scripted = iter(rewards)
+    collector = Collector(cfg, records, lambda text, answer: next(scripted), algo,
+                          SimpleNamespace(generate=generate), pad_id=0)  # fmt: skip
+    collector.sampler = SimpleNamespace(next=lambda n: list(range(n)))
+    batch, _ = collector.collect(0)
+    fake = SimpleNamespace(algo=algo)
     return batch, Trainer.advantages(fake, batch)
 
 

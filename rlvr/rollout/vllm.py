@@ -61,35 +61,13 @@ class VLLMRolloutEngine:
         )
         self.asleep = False
 
-    def _full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The policy's current weights, gathered when ZeRO-3 partitions them; LoRA merged."""
-        import deepspeed
-
-        module = self.policy.engine.module
-        params = list(module.parameters())
-        with deepspeed.zero.GatheredParameters(
-            params, enabled=self.policy.cfg.train.zero_stage == 3
-        ):
-            if self.policy.cfg.model.lora.enabled:
-                module.merge_adapter()
-                # copies: unmerging below restores the base weights in place
-                state = {
-                    k.replace("base_model.model.", "").replace(".base_layer", ""): v.detach().clone()
-                    for k, v in module.state_dict().items()
-                    if "lora_" not in k
-                }
-                module.unmerge_adapter()
-            else:
-                state = {k: v.detach() for k, v in module.state_dict().items()}
-        return state
-
     def sync_weights(self) -> None:
         """Push the policy's current weights (HF names) into the engine: vLLM's reload_weights.
         A push that fails part-way leaves the engine with mixed weights: it raises, never retried."""
         if self.policy is None:
             return
         self.wake()
-        state = self._full_state_dict()
+        state = self.policy.hf_state_dict()
         self.llm.collective_rpc(
             "reload_weights",
             kwargs={"weights_iterator": iter(state.items()), "is_checkpoint_format": True},

@@ -92,6 +92,28 @@ class Policy:
             cfg.train.forward, self.module, cfg.train.zero_stage, self.device
         )
 
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """The current weights under the base model's HF names, gathered when ZeRO-3 partitions
+        them, LoRA merged in: what an engine holding its own copy (vLLM, the overlap rollout
+        process) loads. Without LoRA the tensors are the live ones (detached, not copied)."""
+        import deepspeed
+
+        module = self.engine.module
+        with deepspeed.zero.GatheredParameters(
+            list(module.parameters()), enabled=self.cfg.train.zero_stage == 3
+        ):
+            if not self.cfg.model.lora.enabled:
+                return {k: v.detach() for k, v in module.state_dict().items()}
+            module.merge_adapter()
+            # copies: unmerging below restores the base weights in place
+            state = {
+                k.replace("base_model.model.", "").replace(".base_layer", ""): v.detach().clone()
+                for k, v in module.state_dict().items()
+                if "lora_" not in k
+            }
+            module.unmerge_adapter()
+            return state
+
     def reference_context(self):
         """With LoRA, the frozen reference is the base with adapters disabled."""
         return (

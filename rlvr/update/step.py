@@ -4,8 +4,13 @@
         the algorithm's normaliser over the whole mini-batch
         micro-batches of similar length: score → algo.policy_loss → backward
         one clipped optimizer step (a non-finite loss or gradient skips it, and is counted)
-    then the batch's statistics under the policy that sampled it: entropy, token taxonomy, the
-    engine-vs-trainer log-prob gap, and every few steps the entropy change the update made.
+    then the batch's statistics under the policy before the update (the one that sampled it, at
+    rollout.staleness 0): entropy, token taxonomy, the behaviour-vs-current log-prob gap, the
+    ratio π_θ / π_old the clips saw, and every few steps the entropy change the update made.
+
+π_old (train.old_logp): the recomputed log-probs before the update (proximal; with one
+mini-batch and one epoch the update's own forward gives them, ratio exactly 1 at its step), or
+the behaviour log-probs the engine sampled with.
 
 Micro-batch losses are already divided by the mini-batch normaliser, so the gradient does not
 depend on how a mini-batch is split (rlvr/update/policy.py: unmanaged gradient accumulation).
@@ -22,6 +27,7 @@ every rank agrees on (`agreed_rng`), so a random draw is one process's too.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -55,6 +61,19 @@ class Tally:
     grad_norms: list[float] = field(default_factory=list)
     applied: int = 0
     skipped: int = 0
+    # r = π_θ / π_old over every token trained on (whatever an algorithm masks inside its loss),
+    # each mini-batch before its optimizer step: the ratio the clips see
+    ratio: dict[str, float] = field(default_factory=lambda: {"sum": 0.0, "tokens": 0.0, "min": math.inf, "max": -math.inf})
+
+    def add_ratio(self, logp: torch.Tensor, old: torch.Tensor, mask: torch.Tensor) -> None:
+        m = mask > 0
+        if not m.any():
+            return
+        r = (logp.detach().float() - old.float()).clamp(-20, 20).exp()[m]
+        self.ratio["sum"] += float(r.sum())
+        self.ratio["tokens"] += float(m.sum())
+        self.ratio["min"] = min(self.ratio["min"], float(r.min()))
+        self.ratio["max"] = max(self.ratio["max"], float(r.max()))
 
     def add(self, loss: torch.Tensor, stats: dict) -> None:
         tokens = float(stats.get("tokens", 0))
@@ -76,6 +95,11 @@ class Tally:
                 out[f"actor/{k}_per_epoch"] = sums[k] / epochs
         out["actor/grad_norm"] = max(self.grad_norms) if self.grad_norms else float("nan")
         out["actor/skipped_updates"] = self.skipped
+        parts = [p for p in gather_objects(self.ratio) if p["tokens"]]
+        if parts:
+            out["actor/ratio_mean"] = sum(p["sum"] for p in parts) / sum(p["tokens"] for p in parts)
+            out["actor/ratio_min"] = min(p["min"] for p in parts)
+            out["actor/ratio_max"] = max(p["max"] for p in parts)
         return out
 
 
@@ -150,6 +174,9 @@ class PolicyUpdate:
     def __init__(self, policy, algo, cfg: RunConfig, ref_model=None):
         self.policy, self.algo, self.cfg, self.ref_model = policy, algo, cfg, ref_model
         self.rank, self.world = rank(), world_size()
+        # π_old of the ratio: the weights before this update (recomputed), or the engine's own
+        # log-probs of the tokens it sampled (train.old_logp; algorithms/README.md)
+        self.proximal = cfg.train.old_logp == "proximal"
         # a policy_loss without normalizer= normalises over what it is given: the whole mini-batch
         self.whole_mini_batches = not algo.loss_keywords.normalizer
         if self.whole_mini_batches and self.world > 1:
@@ -167,8 +194,9 @@ class PolicyUpdate:
 
     def __call__(self, batch: Batch, step: int) -> dict:
         train, correcting = self.cfg.train, self.cfg.correction.enabled
-        # the mismatch correction needs π_old of every row before the first optimizer step
-        on_policy = train.mini_batches == 1 and train.epochs == 1 and not correcting
+        # the mismatch correction needs π_old of every row before the first optimizer step;
+        # behaviour log-probs as π_old: the statistics still need the current policy's
+        on_policy = self.proximal and train.mini_batches == 1 and train.epochs == 1 and not correcting
         before = None if on_policy else self.measure(batch)
         fix = self.correction(batch, before) if correcting else None
         ref_logp = self.reference_logp(batch)
@@ -217,13 +245,13 @@ class PolicyUpdate:
         extra = {}
         if self.algo.normalizer_logp:  # the mini-batch's log-probs before its update, no grad
             now = self.scored_rows(self.policy.module, r, mb, False)["logp"]
-            known = {"logp": now, "old_logp": now if before is None else before["logp"][mb]}
+            known = {"logp": now, "old_logp": now if before is None else self.old_logp(batch, before, mb)}
             extra = {k: known[k] for k in self.algo.normalizer_logp}
         # the whole (global) mini-batch's normaliser, on every rank
         with agreed_rng(self.policy.device, *key):
             normalizer = self.algo.loss_normalizer(batch.adv[mb], mask[mb], batch.group_ids[mb], **extra)
         self.policy.zero_grad()
-        finite, calls, trained = True, 0, []
+        finite, calls, trained, ratios = True, 0, [], []
         if self.whole_mini_batches:
             micro_batches = [mb]
         else:  # a rank may have no rows: a mini-batch of fewer rows than ranks
@@ -234,8 +262,9 @@ class PolicyUpdate:
                 old = out["logp"].detach()
                 recorder.add(micro, out)
             else:
-                old = before["logp"][micro]
+                old = self.old_logp(batch, before, micro)
             logp = out["logp"]
+            ratios.append((logp.detach(), old, mask[micro]))
             if fix is not None and fix.weights is not None:
                 logp = scale_gradient(logp, fix.weights[micro].to(logp))
             keywords = {}  # what this algorithm's policy_loss accepts (algorithms/contract.py)
@@ -265,16 +294,26 @@ class PolicyUpdate:
         # a skipped step trained nothing, on any rank: its statistics are not counted either
         for loss, stats in trained if finite else []:
             tally.add(loss, stats)
+        for logp, old, m in ratios if finite else []:
+            tally.add_ratio(logp, old, m)
         tally.applied += finite
         tally.skipped += not finite
 
+    def old_logp(self, batch: Batch, before: dict, rows: torch.Tensor) -> torch.Tensor:
+        """π_old of rows `rows`: the recomputed log-probs (`before` the update) or the behaviour
+        policy's, those the engine sampled with."""
+        return (before["logp"] if self.proximal else batch.rollouts.sampling_logp)[rows]
+
     def batch_statistics(self, batch: Batch, before: dict, step: int) -> dict[str, float]:
-        """Statistics of the batch under the policy that sampled it (`before` the update)."""
+        """Statistics of the batch under the policy `before` the update (the one that sampled it
+        when rollout.staleness is 0)."""
         r, mask = batch.rollouts, batch.rollouts.model_mask
         ent0 = (before["entropy"] * mask).sum() / mask.sum().clamp(min=1)
         metrics = {"actor/entropy": float(ent0)}
         metrics.update(token_taxonomy(batch.adv, mask, before["p_token"], before["collision"]))
-        # rollout engine vs trainer log-probs of the same tokens: ~0 for hf, small for vllm
+        # the behaviour policy (the engine's log-probs, of the weights of update t - staleness) vs
+        # the current one's, of the same tokens: ~1e-6 on CPU at staleness 0, small for vllm,
+        # the policy's drift over k updates otherwise
         diff = (r.sampling_logp - before["logp"]).abs() * mask
         metrics["rollout/logp_diff_mean"] = float(diff.sum() / mask.sum().clamp(min=1))
         metrics["rollout/logp_diff_max"] = float(diff.max())
