@@ -106,3 +106,25 @@ def test_rlvr_plan_lists_every_job_and_writes_the_configs_its_commands_read(tmp_
     bad = subprocess.run([str(BIN / "rlvr"), "plan", "typo.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "rlvr plan: error: typo.yaml: Additional properties are not allowed ('sedes' was unexpected)")
+
+
+def test_the_seed_and_lag_matrices_plan_in_the_seeds_regime():
+    """config/seed.yaml (the seed's runs, field by field) and config/lag.yaml (every algorithm at
+    staleness 0, 1 and 4) plan; their train jobs carry the lag, the mini-batches and π_old."""
+    from rlvr.plan import load_matrix
+
+    def train_configs(name: str) -> dict:
+        jobs = load_matrix(ROOT / "config" / name).jobs.values()
+        return {"/".join(j.wildcards.values()): j.config for j in jobs if j.stage == "train"}
+
+    seed = train_configs("seed.yaml")
+    hotpot = seed["hotpotqa_search/smollm3-3b/wapo/0"]
+    assert (hotpot.rollout.staleness, hotpot.rollout.overlap, hotpot.train.old_logp) == (1, True, "behaviour")
+    assert (hotpot.rollout.prompts_per_step * hotpot.rollout.group_size, hotpot.train.mini_batches) == (256, 4)
+    assert hotpot.algorithm.hparams == {"clip_ratio_high": 9.0} and hotpot.train.lr == 1e-5
+    gsm8k = seed["gsm8k/qwen3-4b/wapo/0"]
+    assert (gsm8k.rollout.group_size, gsm8k.train.mini_batches, gsm8k.train.grad_clip) == (4, 1, 0.01)
+    lag = list(train_configs("lag.yaml").values())
+    trained = {(c.algorithm.name, c.rollout.staleness) for c in lag}
+    assert trained == {(name, k) for name in registered_names() for k in (0, 1, 4)}
+    assert all(c.train.mini_batches == 4 for c in lag)
