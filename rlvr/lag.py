@@ -20,6 +20,7 @@ would have, without the older weights that generated them.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import time
 import traceback
@@ -112,10 +113,14 @@ class OverlappedBatches:
             target=_rollout_process,
             args=(child, worker_cfg.model_dump(mode="json"), bool(policy.autocast)),
             name="rlvr-rollout",
-            daemon=True,
+            # not a daemon: vLLM's engine (V1 multiprocessing, its GPU default) starts processes
+            # of its own, which a daemonic process may not. It ends when the trainer closes the
+            # pipe (close() below, also at exit) or dies (the pipe's EOF)
+            daemon=False,
         )
         self.process.start()
         child.close()
+        atexit.register(self.close)
         self._expect("ready", timeout=WORKER_START_TIMEOUT_S)
         self.requested = 0  # requests sent: batches 0 .. requested - 1
         self.sampler_sent = False
@@ -151,6 +156,8 @@ class OverlappedBatches:
         self.sampler_sent = False
 
     def close(self) -> None:
+        if self.conn.closed:
+            return
         if self.process.is_alive():
             try:
                 self.conn.send(("stop",))
@@ -226,8 +233,13 @@ def _rollout_process(conn, cfg_json: dict, autocast: bool) -> None:
                 batch, stats = collector.collect(msg[1])
                 conn.send(("batch", msg[1], batch, stats, version, collector.sampler.state_dict()))
         engine.close()
+    except (EOFError, BrokenPipeError):
+        pass  # the trainer is gone (killed): nothing to report to
     except Exception:
-        conn.send(("error", traceback.format_exc()))
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except (BrokenPipeError, OSError):
+            pass
     finally:
         conn.close()
 
